@@ -1,0 +1,99 @@
+"""NATS connection and the helpers every service shares.
+
+We use nats-py directly on the request path: one connection per process,
+explicit pending limits, reconnect forever. Large request bodies go through a
+JetStream object store so a 10 MiB request works with a 1 MiB ``max_payload``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js.api import ObjectStoreConfig, StorageType
+from nats.js.object_store import ObjectStore
+
+from . import subjects
+
+log = logging.getLogger("gandalf.bus")
+
+#: Bytes kept free in a message for the envelope around a body.
+ENVELOPE_RESERVE = 16 * 1024
+#: Bodies stored in the object store live this long unless deleted first.
+BODY_TTL_S = 600.0
+
+
+async def connect(url: str, name: str, *, connect_timeout: float = 30.0,
+                  on_reconnect: Callable[[], Awaitable[None]] | None = None) -> NATS:
+    """Connect, retrying until ``connect_timeout``: services may start before NATS."""
+
+    async def _error_cb(exc: Exception) -> None:
+        log.warning("nats error: %s", exc)
+
+    async def _disconnected_cb() -> None:
+        log.warning("nats disconnected")
+
+    async def _reconnected_cb() -> None:
+        log.info("nats reconnected")
+        if on_reconnect is not None:
+            await on_reconnect()
+
+    deadline = time.monotonic() + connect_timeout
+    while True:
+        try:
+            return await nats.connect(
+                url, name=name, allow_reconnect=True, max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25, connect_timeout=2, ping_interval=10,
+                max_outstanding_pings=3, error_cb=_error_cb,
+                disconnected_cb=_disconnected_cb, reconnected_cb=_reconnected_cb,
+                # Fail fast while disconnected rather than buffering unboundedly.
+                pending_size=8 * 1024 * 1024,
+            )
+        except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
+            if time.monotonic() > deadline:
+                raise ConnectionError(f"cannot connect to NATS at {url}: {exc}") from exc
+            await asyncio.sleep(0.25)
+
+
+def inline_limit(nc: NATS) -> int:
+    """Largest payload that fits in one message, with room for the envelope."""
+    return max(1024, nc.max_payload - ENVELOPE_RESERVE)
+
+
+class BodyStore:
+    """Request bodies too large for one NATS message, in a JetStream object store."""
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._store: ObjectStore | None = None
+        self._lock = asyncio.Lock()
+
+    async def _bucket(self) -> ObjectStore:
+        if self._store is None:
+            async with self._lock:
+                if self._store is None:
+                    js = self._nc.jetstream()
+                    config = ObjectStoreConfig(bucket=subjects.BODY_BUCKET, ttl=BODY_TTL_S,
+                                               storage=StorageType.FILE)
+                    self._store = await js.create_object_store(subjects.BODY_BUCKET, config)
+        return self._store
+
+    async def put(self, name: str, data: bytes) -> None:
+        store = await self._bucket()
+        await store.put(name, data)
+
+    async def get(self, name: str) -> bytes:
+        store = await self._bucket()
+        result = await store.get(name)
+        return result.data or b""
+
+    async def delete(self, name: str) -> None:
+        store = await self._bucket()
+        try:
+            await store.delete(name)
+        except Exception as exc:  # noqa: BLE001 - cleanup is best effort, the TTL catches it
+            log.debug("body delete failed for %s: %s", name, exc)

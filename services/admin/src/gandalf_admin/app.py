@@ -1,0 +1,43 @@
+"""The admin service. Today it owns the database schema (migrations run on
+start, safe with several replicas) and answers readiness pings; the admin API
+and KV replication come with the governance work."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from gandalf_common import subjects
+from gandalf_common.messages import Pong, encode
+from gandalf_common.pg import migrate
+
+log = logging.getLogger("gandalf.admin")
+
+
+class AdminService:
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._subs: list[Subscription] = []
+
+    async def start(self, nc: NATS) -> None:
+        if self.dsn:
+            applied = await migrate(self.dsn)
+            log.info("database schema up to date (applied: %s)", ", ".join(applied) or "none")
+        pong = encode(Pong(service="admin", pid=os.getpid()))
+
+        async def on_ping(msg: Msg) -> None:
+            if msg.reply:
+                await nc.publish(msg.reply, pong)
+
+        self._subs.append(await nc.subscribe(subjects.PING_ADMIN, queue="admin", cb=on_ping))
+
+    async def stop(self, timeout: float) -> None:
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - the connection may be gone already
+                pass

@@ -1,0 +1,184 @@
+"""Composition root of the ingress: config -> Starlette app on uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Any
+
+import uvicorn
+from nats.aio.client import Client as NATS
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from gandalf_common import subjects
+from gandalf_common.bus import BodyStore
+from gandalf_common.config import GatewayConfig
+from gandalf_common.errors import error_body
+from gandalf_common.listen import parse_addr
+
+from .auth import KeyTable
+from .handlers import Gateway, ModelsEndpoint, ProxyEndpoint
+from .inbox import ReplyInbox
+from .metrics import render
+from .middleware import EdgeMiddleware
+from .relay import Relay
+
+log = logging.getLogger("gandalf.ingress")
+
+#: Readiness answers are cached this long, so probes cannot flood the bus.
+READY_CACHE_S = 1.0
+
+
+class Readiness:
+    """Ready when NATS is connected, a router answers, and a worker answers
+    for each enabled provider."""
+
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self.providers = [p.name for p in cfg.providers if p.enabled]
+        self.nc: NATS | None = None
+        self.draining = False
+        self._cached: tuple[float, bool, str] = (0.0, False, "starting")
+
+    async def check(self) -> tuple[bool, str]:
+        now = time.monotonic()
+        if now - self._cached[0] < READY_CACHE_S:
+            return self._cached[1], self._cached[2]
+        ok, reason = await self._probe()
+        self._cached = (now, ok, reason)
+        return ok, reason
+
+    async def _probe(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining"
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            return False, "nats not connected"
+        probes = [subjects.PING_ROUTER] + [subjects.ping_provider(p) for p in self.providers]
+        results = await asyncio.gather(*(nc.request(s, b"", timeout=1.0) for s in probes),
+                                       return_exceptions=True)
+        missing = [s.rsplit(".", 1)[-1] if s != subjects.PING_ROUTER else "router"
+                   for s, r in zip(probes, results, strict=True) if isinstance(r, BaseException)]
+        if missing:
+            return False, "no answer from: " + ", ".join(missing)
+        return True, "ok"
+
+
+def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: str = "",
+               nats_url: str = "") -> Starlette:
+    """Build the ingress app. With ``nc`` the app shares a connection owned by
+    the caller; otherwise it connects to ``nats_url`` in its lifespan."""
+    gateway = Gateway(keys=KeyTable(cfg, admin_key_sha256),
+                      aliases={r.model_alias for r in cfg.routes},
+                      max_body=cfg.server.max_body_bytes,
+                      write_timeout=cfg.server.write_timeout or 120.0)
+    readiness = Readiness(cfg)
+
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(_: Request) -> Response:
+        ok, reason = await readiness.check()
+        return PlainTextResponse("ok" if ok else f"not ready: {reason}",
+                                 status_code=200 if ok else 503)
+
+    async def metrics(_: Request) -> Response:
+        body, content_type = render()
+        return Response(body, media_type=content_type)
+
+    async def not_found(request: Request, _exc: Exception) -> Response:
+        return Response(error_body(404, f"unknown path {request.url.path}",
+                                   code="unknown_path"),
+                        status_code=404, media_type="application/json")
+
+    async def method_not_allowed(request: Request, _exc: Exception) -> Response:
+        return JSONResponse({"error": {"message": f"method {request.method} not allowed",
+                                       "type": "invalid_request_error", "param": None,
+                                       "code": "method_not_allowed"}}, status_code=405)
+
+    def lifespan(app: Starlette) -> Any:
+        from contextlib import asynccontextmanager
+
+        from gandalf_common.bus import connect
+
+        @asynccontextmanager
+        async def span(_: Starlette):  # type: ignore[no-untyped-def]
+            conn = nc or await connect(nats_url, "gandalf-ingress")
+            inbox = ReplyInbox()
+            await inbox.start(conn)
+            gateway.relay = Relay(conn, inbox, keepalive=cfg.server.stream_keepalive or 15.0,
+                                  idle_timeout=cfg.server.stream_idle_timeout or 300.0)
+            gateway.bodies = BodyStore(conn)
+            readiness.nc = conn
+            app.state.readiness = readiness
+            try:
+                yield
+            finally:
+                readiness.draining = True
+                if nc is None:
+                    await conn.drain()
+
+        return span(app)
+
+    routes = [
+        Route("/v1/chat/completions", ProxyEndpoint(gateway, subjects.OP_CHAT),
+              methods=["POST"]),
+        Route("/v1/embeddings", ProxyEndpoint(gateway, subjects.OP_EMBED), methods=["POST"]),
+        Route("/v1/models", ModelsEndpoint(gateway), methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", readyz, methods=["GET", "HEAD"]),
+    ]
+    if cfg.telemetry.metrics.enabled:
+        routes.append(Route("/metrics", metrics, methods=["GET"]))
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={404: not_found, 405: method_not_allowed})
+    app.state.readiness = readiness
+    return EdgeMiddleware(app)  # type: ignore[return-value]
+
+
+class _QuietServer(uvicorn.Server):
+    """Signals are handled by the process runtime, which drains in order."""
+
+    def install_signal_handlers(self) -> None:
+        return None
+
+    def capture_signals(self):  # type: ignore[no-untyped-def,override]
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+
+class IngressService:
+    """The HTTP edge as a runtime ``HttpService``."""
+
+    def __init__(self, cfg: GatewayConfig, *, admin_key_sha256: str = "",
+                 sock: socket.socket | None = None) -> None:
+        self.cfg = cfg
+        self.admin_key_sha256 = admin_key_sha256
+        self.sock = sock
+
+    async def serve(self, nc: NATS, stop: asyncio.Event) -> None:
+        app = create_app(self.cfg, nc=nc, admin_key_sha256=self.admin_key_sha256)
+        host, port = parse_addr(self.cfg.server.addr)
+        config = uvicorn.Config(
+            app, host=host, port=port, loop="none", http="httptools", lifespan="on",
+            log_config=None, access_log=False, server_header=False, date_header=False,
+            timeout_keep_alive=120, backlog=2048,
+            timeout_graceful_shutdown=int(self.cfg.server.shutdown_timeout) or None)
+        server = _QuietServer(config)
+        sockets = [self.sock] if self.sock is not None else None
+        task = asyncio.create_task(server.serve(sockets=sockets))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait((task, stopper), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            readiness = getattr(app, "app", app).state.readiness
+            readiness.draining = True
+            server.should_exit = True
+            await task
+        stopper.cancel()
+        if task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]

@@ -1,0 +1,180 @@
+"""The OpenAI-compatible endpoints. Hot path: authenticate, read and validate
+the body, check the route locally, publish, relay. No database, no upstream
+call from here."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from gandalf_common import subjects
+from gandalf_common.bus import BodyStore, inline_limit
+from gandalf_common.errors import (
+    GatewayError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+)
+from gandalf_common.messages import ErrorReply, RouteRequest
+
+from .auth import Identity, KeyTable
+from .metrics import CLIENT_DISCONNECTS, UPSTREAM_ERRORS
+from .relay import Receive, Relay, Send, send_error
+from .schemas import parse_chat, parse_embeddings
+
+Scope = dict[str, Any]
+
+
+class _ClientGone(Exception):
+    pass
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """Read the whole body, refusing more than ``limit`` bytes early."""
+    length = header(scope, b"content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLargeError(f"request body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"request body is larger than {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_gateway_error(send: Send, exc: GatewayError) -> int:
+    headers: list[tuple[bytes, bytes]] = []
+    if exc.retry_after:
+        headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+    await send({"type": "http.response.start", "status": exc.status,
+                "headers": [*headers, (b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": exc.body()})
+    return exc.status
+
+
+class Gateway:
+    """State shared by the endpoints; built once in the app's lifespan."""
+
+    def __init__(self, *, keys: KeyTable, aliases: set[str], max_body: int,
+                 write_timeout: float, relay: Relay | None = None,
+                 bodies: BodyStore | None = None) -> None:
+        self.keys = keys
+        self.aliases = aliases
+        self.max_body = max_body
+        self.write_timeout = write_timeout
+        self.relay = relay
+        self.bodies = bodies
+
+
+class ProxyEndpoint:
+    """``POST /v1/chat/completions`` and ``POST /v1/embeddings`` as raw ASGI."""
+
+    def __init__(self, gateway: Gateway, op: str) -> None:
+        self.gw = gateway
+        self.op = op
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw = self.gw
+        request_id: str = scope["state"]["request_id"]
+        body_ref = ""
+        try:
+            identity = gw.keys.authenticate(header(scope, b"authorization"))
+            body = await read_body(scope, receive, gw.max_body)
+            req = self._route_request(identity, body, request_id)
+            relay = gw.relay
+            if relay is None:
+                raise GatewayError("gateway is starting", status=503)
+            if len(body) > inline_limit(relay.nc):
+                body_ref = await self._store_body(request_id, body)
+                req = msgspec.structs.replace(req, body=b"", body_ref=body_ref)
+        except _ClientGone:
+            return
+        except GatewayError as exc:
+            await send_gateway_error(send, exc)
+            return
+        if req.stream:
+            status = await relay.stream(req, send, receive, [])
+        else:
+            status = await relay.unary(req, send, receive, [])
+        if status == 499:
+            CLIENT_DISCONNECTS.inc()
+        elif status >= 500:
+            UPSTREAM_ERRORS.labels(str(status)).inc()
+        if body_ref and gw.bodies is not None:
+            await gw.bodies.delete(body_ref)
+
+    def _route_request(self, identity: Identity, body: bytes, request_id: str) -> RouteRequest:
+        stream = False
+        include_usage = False
+        if self.op == subjects.OP_CHAT:
+            chat = parse_chat(body)
+            model = chat.model
+            stream = bool(chat.stream)
+            include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+        else:
+            model = parse_embeddings(body).model
+        identity.check_model(model)
+        if model not in self.gw.aliases:
+            raise ModelNotFoundError(model)
+        return RouteRequest(
+            request_id=request_id, op=self.op, model=model, body=body, stream=stream,
+            include_usage=include_usage, deadline=time.time() + self.gw.write_timeout,
+            key_id=identity.key_id, org_id=identity.org_id)
+
+    async def _store_body(self, request_id: str, body: bytes) -> str:
+        if self.gw.bodies is None:
+            raise PayloadTooLargeError("request body too large for the message bus")
+        try:
+            await self.gw.bodies.put(request_id, body)
+        except Exception as exc:
+            raise GatewayError(f"cannot stage large request body: {type(exc).__name__}",
+                               status=503, code="body_store_unavailable") from exc
+        return request_id
+
+
+class ModelsEndpoint:
+    """``GET /v1/models``: the route aliases this key may call (no upstream calls)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self._created = int(time.time())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            identity = self.gw.keys.authenticate(header(scope, b"authorization"))
+        except GatewayError as exc:
+            await send_gateway_error(send, exc)
+            return
+        data = []
+        for alias in sorted(self.gw.aliases):
+            try:
+                identity.check_model(alias)
+            except GatewayError:
+                continue
+            data.append({"id": alias, "object": "model", "created": self._created,
+                         "owned_by": "gandalf"})
+        body = msgspec.json.encode({"object": "list", "data": data})
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def not_ready(send: Send, reason: str) -> None:
+    await send_error(send, ErrorReply(status=503, message=reason, code="not_ready"), [])

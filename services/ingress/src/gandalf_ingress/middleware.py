@@ -1,0 +1,99 @@
+"""One pure-ASGI middleware for every route: request id, security headers,
+metrics, access log, and a last-resort JSON 500 that leaks nothing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import Any
+
+from gandalf_common.errors import error_body
+
+from .metrics import ACTIVE, DURATION, REQUESTS
+
+log = logging.getLogger("gandalf.access")
+
+Scope = dict[str, Any]
+_VALID_ID = re.compile(rb"^[A-Za-z0-9._-]{1,128}$")
+_SECURITY = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY")]
+#: Probe routes get only the security headers (as the original).
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+#: Known paths are their own metric label; anything else is one label, so
+#: random URLs cannot blow up metric cardinality.
+KNOWN_PATHS = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/models"})
+
+
+def uuid7() -> str:
+    """RFC 9562 UUIDv7: 48-bit ms timestamp, version, 74 random bits."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 68) << 64) | (0b10 << 62) | (rand & (2**62 - 1))
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def request_id_from(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if _VALID_ID.match(value):
+                return value.decode()
+            break
+    return uuid7()
+
+
+class EdgeMiddleware:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path in PROBES:
+            async def send_probe(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", ()), *_SECURITY]
+                await send(message)
+            await self.app(scope, receive, send_probe)
+            return
+
+        request_id = request_id_from(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        extra = [*_SECURITY, (b"x-request-id", request_id.encode())]
+        status = 500
+        started = False
+
+        async def send_wrapped(message: dict[str, Any]) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        t0 = time.perf_counter()
+        ACTIVE.inc()
+        try:
+            await self.app(scope, receive, send_wrapped)
+        except Exception:
+            log.exception("unhandled error on %s %s (request %s)", scope["method"], path,
+                          request_id)
+            if not started:
+                await send_wrapped({"type": "http.response.start", "status": 500,
+                                    "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": error_body(
+                    500, "internal server error", type="api_error", code="internal_error")})
+            status = 500
+        finally:
+            ACTIVE.dec()
+            elapsed = time.perf_counter() - t0
+            label = path if path in KNOWN_PATHS else "other"
+            method = scope["method"]
+            REQUESTS.labels(method, label, str(status)).inc()
+            DURATION.labels(method, label).observe(elapsed)
+            if log.isEnabledFor(logging.INFO):
+                log.info("request method=%s path=%s status=%d duration_ms=%.2f request_id=%s",
+                         method, path, status, elapsed * 1000, request_id)

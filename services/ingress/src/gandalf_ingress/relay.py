@@ -1,0 +1,235 @@
+"""Publish a request to the router and relay the replies to the HTTP client.
+
+Non-streaming: wait for ``Complete`` (or an error) and answer with JSON.
+Streaming: answer 200 with SSE as soon as the first chunk arrives (or after
+one keep-alive interval, so slow first tokens do not trip idle proxies), then
+forward chunks as they come. A client that disconnects is noticed by a
+watcher on ``receive`` and a ``Cancel`` goes to the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from gandalf_common import subjects
+from gandalf_common.errors import error_body
+from gandalf_common.messages import (
+    Cancel,
+    Chunk,
+    Complete,
+    End,
+    ErrorReply,
+    RouteRequest,
+    encode,
+)
+
+from .inbox import ReplyInbox, ReplySlot
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"connection", b"keep-alive"),
+    (b"x-accel-buffering", b"no"),
+]
+_JSON = (b"content-type", b"application/json")
+_KEEPALIVE = b": keep-alive\n\n"
+_DONE = b"data: [DONE]\n\n"
+_LOST = ErrorReply(status=502, code="stream_gap", type="api_error",
+                   message="a message of the response was lost in transit")
+
+
+class Relay:
+    def __init__(self, nc: NATS, inbox: ReplyInbox, *, keepalive: float,
+                 idle_timeout: float) -> None:
+        self.nc = nc
+        self.inbox = inbox
+        self.keepalive = keepalive
+        self.idle_timeout = idle_timeout
+
+    async def cancel(self, request_id: str) -> None:
+        try:
+            await self.nc.publish(subjects.CANCEL, encode(Cancel(request_id=request_id)))
+        except Exception:  # noqa: BLE001 - NATS down: the worker's own timeouts apply
+            pass
+
+    async def _publish(self, req: RouteRequest, slot: ReplySlot) -> ErrorReply | None:
+        try:
+            await self.nc.publish(subjects.router_op_subject(req.op), encode(req),
+                                  reply=slot.subject, headers=_HDRS)
+        except Exception:  # noqa: BLE001 - connection closed or reconnecting
+            return ErrorReply(status=503, code="bus_unavailable", type="api_error",
+                              message="the gateway's message bus is unavailable; retry shortly")
+        return None
+
+    async def unary(self, req: RouteRequest, send: Send, receive: Receive,
+                    headers: list[tuple[bytes, bytes]]) -> int:
+        """Non-streaming request; returns the HTTP status sent."""
+        slot = self.inbox.open()
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            reply = await self._publish(req, slot) or await self._collect(req, slot, watcher)
+        finally:
+            self.inbox.close(slot)
+            watcher.cancel()
+        if reply is None:  # client went away
+            await self.cancel(req.request_id)
+            return 499
+        if isinstance(reply, ErrorReply):
+            return await send_error(send, reply, headers)
+        status, body = reply
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*headers, _JSON]})
+        await send({"type": "http.response.body", "body": body})
+        return status
+
+    async def _collect(self, req: RouteRequest, slot: ReplySlot,
+                       watcher: asyncio.Future[None]) -> tuple[int, bytes] | ErrorReply | None:
+        parts: list[bytes] = []
+        locked = -1
+        expected = 0
+        while True:
+            remaining = req.deadline - time.time()
+            if remaining <= 0:
+                await self.cancel(req.request_id)
+                return ErrorReply(status=504, code="timeout", type="timeout_error",
+                                  message="the upstream did not answer before the deadline")
+            msg = await slot.get(min(remaining, 1.0))
+            if watcher.done():
+                return None
+            if msg is None:
+                continue
+            if isinstance(msg, ErrorReply):
+                return msg
+            if locked == -1:
+                locked = msg.attempt
+            elif msg.attempt != locked:
+                continue
+            if msg.seq != expected:
+                return _LOST
+            expected += 1
+            if isinstance(msg, Complete):
+                if parts:
+                    parts.append(msg.body)
+                    return msg.status, b"".join(parts)
+                return msg.status, msg.body
+            if isinstance(msg, Chunk):
+                parts.append(msg.data)
+
+    async def stream(self, req: RouteRequest, send: Send, receive: Receive,
+                     headers: list[tuple[bytes, bytes]]) -> int:
+        """Streaming request; returns the HTTP status sent."""
+        slot = self.inbox.open()
+        try:
+            error = await self._publish(req, slot)
+            if error is not None:
+                return await send_error(send, error, headers)
+            watcher = asyncio.ensure_future(_wait_disconnect(receive))
+            pump = asyncio.ensure_future(self._pump(req, slot, send, headers))
+            try:
+                await asyncio.wait((watcher, pump), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                watcher.cancel()
+            if not pump.done():  # the client disconnected first
+                pump.cancel()
+                await self.cancel(req.request_id)
+                return 499
+            return pump.result()
+        finally:
+            self.inbox.close(slot)
+
+    async def _pump(self, req: RouteRequest, slot: ReplySlot, send: Send,
+                    headers: list[tuple[bytes, bytes]]) -> int:
+        started = False
+        locked = -1
+        expected = 0
+        silent = 0.0
+        while True:
+            if not started:
+                wait = min(self.keepalive, max(0.001, req.deadline - time.time()))
+            else:
+                wait = self.keepalive
+            msg = await slot.get(wait)
+            if msg is None:
+                silent += wait
+                if not started and time.time() >= req.deadline:
+                    await self.cancel(req.request_id)
+                    return await send_error(send, ErrorReply(
+                        status=504, code="timeout", type="timeout_error",
+                        message="the upstream did not start before the deadline"), headers)
+                if silent >= self.idle_timeout:
+                    await self.cancel(req.request_id)
+                    msg = ErrorReply(status=504, code="stream_idle_timeout",
+                                     message="the upstream stream went silent")
+                else:
+                    if not started:
+                        started = True
+                        await send({"type": "http.response.start", "status": 200,
+                                    "headers": [*headers, *_SSE_HEADERS]})
+                    await send({"type": "http.response.body", "body": _KEEPALIVE,
+                                "more_body": True})
+                    continue
+            silent = 0.0
+            if isinstance(msg, ErrorReply):
+                if not started:
+                    return await send_error(send, msg, headers)
+                await send({"type": "http.response.body", "body": _sse_error(msg) + _DONE})
+                return 200
+            if locked == -1:
+                locked = msg.attempt
+            elif msg.attempt != locked:
+                continue  # a stale attempt; never mix outputs (invariant 2)
+            if msg.seq != expected:
+                msg = _LOST
+                if not started:
+                    return await send_error(send, msg, headers)
+                await send({"type": "http.response.body", "body": _sse_error(msg) + _DONE})
+                return 200
+            expected += 1
+            if not started:
+                started = True
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [*headers, *_SSE_HEADERS]})
+            if isinstance(msg, Chunk):
+                await send({"type": "http.response.body",
+                            "body": b"data: " + msg.data + b"\n\n", "more_body": True})
+            elif isinstance(msg, End):
+                await send({"type": "http.response.body", "body": _DONE})
+                return 200
+            else:  # Complete is not expected on a stream; treat as its end
+                await send({"type": "http.response.body", "body": _DONE})
+                return 200
+
+
+_HDRS = {"Gandalf-Version": "1"}
+
+
+def _sse_error(msg: ErrorReply) -> bytes:
+    body = error_body(msg.status, msg.message, type=msg.type or "stream_error", code=msg.code)
+    return b"event: error\ndata: " + body + b"\n\n"
+
+
+async def send_error(send: Send, err: ErrorReply, headers: list[tuple[bytes, bytes]]) -> int:
+    extra = list(headers)
+    if err.retry_after > 0:
+        extra.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
+    await send({"type": "http.response.start", "status": err.status,
+                "headers": [*extra, _JSON]})
+    await send({"type": "http.response.body",
+                "body": error_body(err.status, err.message, type=err.type, code=err.code)})
+    return err.status
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+

@@ -1,0 +1,167 @@
+"""Worker side of the bus: execute one ``ExecRequest`` against a provider.
+
+The router waits on the NATS reply of the exec request for ``Started`` or
+``Failed``; the response itself goes straight to the ingress inbox
+(``reply_to``) with sequence numbers, so the router never touches the bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from gandalf_common.bus import BodyStore, inline_limit
+from gandalf_common.messages import (
+    Chunk,
+    Complete,
+    End,
+    ErrorReply,
+    ExecRequest,
+    Failed,
+    Started,
+    Usage,
+    cancel_decoder,
+    encode,
+    exec_decoder,
+)
+
+from .providers.base import Provider, UpstreamFailure
+
+log = logging.getLogger("gandalf.worker")
+
+_json_decode = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+class ProviderPool:
+    """All in-flight calls of one provider instance in this process."""
+
+    def __init__(self, nc: NATS, provider: Provider, *, max_concurrency: int,
+                 ttfb_timeout: float, bodies: BodyStore) -> None:
+        self.nc = nc
+        self.provider = provider
+        self.max_concurrency = max_concurrency
+        self.ttfb_timeout = ttfb_timeout
+        self.bodies = bodies
+        #: request id -> (attempt, task); the cancel subscription looks here.
+        self.inflight: dict[str, tuple[int, asyncio.Task[None]]] = {}
+
+    async def on_exec(self, msg: Msg) -> None:
+        req = exec_decoder.decode(msg.data)
+        route = req.route
+        if route.deadline and time.time() >= route.deadline:
+            return  # the caller has given up already; doing the work is waste
+        if len(self.inflight) >= self.max_concurrency:
+            # Bounded: never queue without limit; the router fails over or sheds.
+            await self._ctl(msg.reply, Failed(attempt=req.attempt, status=503,
+                                              code="provider_saturated", retry_after=1,
+                                              message=f"{req.provider}: at max_concurrency"))
+            return
+        task = asyncio.create_task(self._run(req, msg.reply))
+        key = route.request_id
+        self.inflight[key] = (req.attempt, task)
+        task.add_done_callback(lambda _t: self._forget(key, task))
+
+    def _forget(self, key: str, task: asyncio.Task[None]) -> None:
+        current = self.inflight.get(key)
+        if current is not None and current[1] is task:
+            del self.inflight[key]
+
+    async def on_cancel(self, msg: Msg) -> None:
+        cancel = cancel_decoder.decode(msg.data)
+        entry = self.inflight.get(cancel.request_id)
+        if entry is not None and cancel.attempt in (-1, entry[0]):
+            entry[1].cancel()
+
+    async def _ctl(self, reply: str, message: Started | Failed) -> None:
+        if reply:
+            await self.nc.publish(reply, encode(message))
+
+    def _remaining(self, req: ExecRequest) -> float:
+        if not req.route.deadline:
+            return self.ttfb_timeout
+        return max(0.001, min(self.ttfb_timeout, req.route.deadline - time.time()))
+
+    async def _payload(self, req: ExecRequest) -> dict[str, Any]:
+        route = req.route
+        body = route.body if not route.body_ref else await self.bodies.get(route.body_ref)
+        payload = _json_decode(body)
+        payload["model"] = req.target_model
+        if route.stream:
+            payload["stream"] = True
+            # Always ask for usage so it can be accounted; stripped again for
+            # clients that did not ask (see ``usage_only``).
+            options = payload.get("stream_options")
+            options = dict(options) if isinstance(options, dict) else {}
+            options["include_usage"] = True
+            payload["stream_options"] = options
+        return payload
+
+    async def _run(self, req: ExecRequest, ctl: str) -> None:
+        try:
+            payload = await self._payload(req)
+            if req.route.stream:
+                await self._stream(req, ctl, payload)
+            else:
+                await self._complete(req, ctl, payload)
+        except UpstreamFailure as exc:
+            await self._ctl(ctl, Failed(attempt=req.attempt, status=exc.status, type=exc.type,
+                                        code=exc.code, message=exc.message,
+                                        retryable=exc.retryable, retry_after=exc.retry_after))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("worker %s failed on %s", self.provider.name, req.route.request_id)
+            await self._ctl(ctl, Failed(attempt=req.attempt, status=502, code="worker_error",
+                                        message=f"{req.provider}: {type(exc).__name__}"))
+
+    async def _complete(self, req: ExecRequest, ctl: str, payload: dict[str, Any]) -> None:
+        result = await self.provider.complete(req.route.op, payload,
+                                              ttfb_timeout=self._remaining(req))
+        body = result.body
+        limit = inline_limit(self.nc)
+        seq = 0
+        # Responses larger than one message go as Chunk parts before Complete.
+        while len(body) > limit:
+            await self.nc.publish(req.reply_to, encode(
+                Chunk(attempt=req.attempt, seq=seq, data=body[:limit])))
+            body = body[limit:]
+            seq += 1
+        await self.nc.publish(req.reply_to, encode(Complete(
+            attempt=req.attempt, seq=seq, status=result.status, body=body, usage=result.usage,
+            provider=req.provider, model=req.target_model)))
+        await self._ctl(ctl, Started(attempt=req.attempt))
+
+    async def _stream(self, req: ExecRequest, ctl: str, payload: dict[str, Any]) -> None:
+        seq = 0
+        usage: Usage | None = None
+        publish = self.nc.publish
+        reply_to = req.reply_to
+        keep_usage = req.route.include_usage
+        try:
+            async for item in self.provider.stream(payload, ttfb_timeout=self._remaining(req)):
+                if item.usage is not None:
+                    usage = item.usage
+                if item.data is None or (item.usage_only and not keep_usage):
+                    continue
+                if seq == 0:
+                    await self._ctl(ctl, Started(attempt=req.attempt))
+                await publish(reply_to, encode(Chunk(attempt=req.attempt, seq=seq,
+                                                     data=item.data)))
+                seq += 1
+        except UpstreamFailure as exc:
+            if seq == 0:
+                raise  # nothing reached the client: the router may fail over
+            await publish(reply_to, encode(ErrorReply(
+                attempt=req.attempt, seq=seq, status=exc.status, type="stream_error",
+                code=exc.code, message=exc.message)))
+            return
+        if seq == 0:
+            await self._ctl(ctl, Started(attempt=req.attempt))
+        await publish(reply_to, encode(End(attempt=req.attempt, seq=seq, usage=usage,
+                                           provider=req.provider, model=req.target_model)))

@@ -1,0 +1,65 @@
+"""Pure routing decisions: alias -> ordered targets, and the final verdict
+when every target failed. No I/O here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gandalf_common.config import GatewayConfig, RouteTargetConfig
+from gandalf_common.messages import ErrorReply, Failed
+
+
+class RouteTable:
+    """Model alias -> targets in failover order, for enabled providers only."""
+
+    def __init__(self, cfg: GatewayConfig) -> None:
+        enabled = {p.name for p in cfg.providers if p.enabled}
+        self._targets: dict[str, list[RouteTargetConfig]] = {
+            route.model_alias: [t for t in route.targets if t.provider in enabled]
+            for route in cfg.routes
+        }
+
+    def targets(self, alias: str) -> list[RouteTargetConfig] | None:
+        """``None`` when no route exists; an empty list when no target is enabled."""
+        return self._targets.get(alias)
+
+    def aliases(self) -> list[str]:
+        return sorted(self._targets)
+
+
+def verdict(failures: Sequence[Failed], *, attempts: int) -> ErrorReply:
+    """What the client sees when no target produced a response.
+
+    - a non-retryable failure (an upstream 4xx other than 408/429) keeps the
+      upstream status and message: it is the client's request that is wrong;
+    - every target unavailable (no worker, saturated) -> 503;
+    - every target rate-limited -> 429 with the shortest Retry-After;
+    - otherwise 502 with the last error.
+    """
+    if not failures:
+        return ErrorReply(attempt=attempts, status=503, type="api_error",
+                          code="no_provider_available",
+                          message="no provider is available for this model")
+    last = failures[-1]
+    if not last.retryable:
+        return ErrorReply(attempt=attempts, status=last.status, type=last.type, code=last.code,
+                          message=last.message, retry_after=last.retry_after)
+    if all(f.status == 503 and f.code in _UNAVAILABLE for f in failures):
+        return ErrorReply(attempt=attempts, status=503, type="api_error", code=last.code,
+                          message=f"no provider available: {last.message}",
+                          retry_after=min(f.retry_after for f in failures) or 1.0)
+    if all(f.status == 429 for f in failures):
+        return ErrorReply(attempt=attempts, status=429, type="rate_limit_error",
+                          code=last.code or "rate_limit_exceeded", message=last.message,
+                          retry_after=min(f.retry_after for f in failures))
+    if last.status == 504 and all(f.status == 504 for f in failures):
+        return ErrorReply(attempt=attempts, status=504, type="timeout_error", code=last.code,
+                          message=f"all targets timed out: {last.message}")
+    return ErrorReply(attempt=attempts, status=502, type="api_error",
+                      code=last.code or "upstream_error",
+                      message=f"all targets failed; last error: {last.message}",
+                      retry_after=last.retry_after)
+
+
+#: Failure codes that mean "nobody could take it", as opposed to "it broke".
+_UNAVAILABLE = frozenset({"no_worker", "provider_saturated"})
