@@ -21,6 +21,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,34 @@ def redis_url() -> str:
     except Exception as exc:
         pytest.skip(f"Redis not reachable on 127.0.0.1:6379: {exc!r}")
     return SYSTEM_REDIS_URL
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+@pytest.fixture(scope="session")
+def mock_upstream() -> Iterator[Any]:
+    """The mock OpenAI upstream (tests/mock_upstream.py), in a thread, for the session."""
+    from mock_upstream import MockUpstream
+
+    from gateway_harness import UPSTREAM_KEY
+
+    with MockUpstream(api_key=UPSTREAM_KEY) as mock:
+        yield mock
+
+
+@pytest.fixture
+def upstream(mock_upstream: Any) -> Any:
+    """The session mock, reset (no faults, no recorded requests) for this test."""
+    mock_upstream.reset()
+    return mock_upstream
+
+
+@pytest_asyncio.fixture(scope="session")
+async def gateway(nats_url: str, mock_upstream: Any) -> AsyncIterator[Any]:
+    """Router + workers + ingress in-process on real NATS and HTTP (gateway_harness)."""
+    from gateway_harness import start_gateway
+
+    gw = await start_gateway(nats_url, mock_upstream.base_url)
+    yield gw
+    await gw.close()

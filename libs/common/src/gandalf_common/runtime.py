@@ -36,6 +36,7 @@ def configure_logging(level: str = "info") -> None:
     )
     # nats-py logs every reconnect attempt at error level; ours are enough.
     logging.getLogger("nats").setLevel(logging.CRITICAL)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 async def run_services(nats_url: str, name: str, services: list[BusService],

@@ -42,6 +42,9 @@ _SSE_HEADERS = [
 _JSON = (b"content-type", b"application/json")
 _KEEPALIVE = b": keep-alive\n\n"
 _DONE = b"data: [DONE]\n\n"
+#: Pushed into a request's slot by the disconnect watcher.
+CLIENT_GONE = ErrorReply(status=499, code="client_disconnected",
+                         message="the client closed the connection")
 _LOST = ErrorReply(status=502, code="stream_gap", type="api_error",
                    message="a message of the response was lost in transit")
 
@@ -73,13 +76,13 @@ class Relay:
                     headers: list[tuple[bytes, bytes]]) -> int:
         """Non-streaming request; returns the HTTP status sent."""
         slot = self.inbox.open()
-        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, slot))
         try:
-            reply = await self._publish(req, slot) or await self._collect(req, slot, watcher)
+            reply = await self._publish(req, slot) or await self._collect(req, slot)
         finally:
             self.inbox.close(slot)
             watcher.cancel()
-        if reply is None:  # client went away
+        if reply is CLIENT_GONE:
             await self.cancel(req.request_id)
             return 499
         if isinstance(reply, ErrorReply):
@@ -90,8 +93,8 @@ class Relay:
         await send({"type": "http.response.body", "body": body})
         return status
 
-    async def _collect(self, req: RouteRequest, slot: ReplySlot,
-                       watcher: asyncio.Future[None]) -> tuple[int, bytes] | ErrorReply | None:
+    async def _collect(self, req: RouteRequest,
+                       slot: ReplySlot) -> tuple[int, bytes] | ErrorReply:
         parts: list[bytes] = []
         locked = -1
         expected = 0
@@ -101,9 +104,7 @@ class Relay:
                 await self.cancel(req.request_id)
                 return ErrorReply(status=504, code="timeout", type="timeout_error",
                                   message="the upstream did not answer before the deadline")
-            msg = await slot.get(min(remaining, 1.0))
-            if watcher.done():
-                return None
+            msg = await slot.get(remaining)
             if msg is None:
                 continue
             if isinstance(msg, ErrorReply):
@@ -127,23 +128,18 @@ class Relay:
                      headers: list[tuple[bytes, bytes]]) -> int:
         """Streaming request; returns the HTTP status sent."""
         slot = self.inbox.open()
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, slot))
         try:
             error = await self._publish(req, slot)
             if error is not None:
                 return await send_error(send, error, headers)
-            watcher = asyncio.ensure_future(_wait_disconnect(receive))
-            pump = asyncio.ensure_future(self._pump(req, slot, send, headers))
-            try:
-                await asyncio.wait((watcher, pump), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                watcher.cancel()
-            if not pump.done():  # the client disconnected first
-                pump.cancel()
-                await self.cancel(req.request_id)
-                return 499
-            return pump.result()
+            status = await self._pump(req, slot, send, headers)
         finally:
             self.inbox.close(slot)
+            watcher.cancel()
+        if status == 499:
+            await self.cancel(req.request_id)
+        return status
 
     async def _pump(self, req: RouteRequest, slot: ReplySlot, send: Send,
                     headers: list[tuple[bytes, bytes]]) -> int:
@@ -177,6 +173,8 @@ class Relay:
                                 "more_body": True})
                     continue
             silent = 0.0
+            if msg is CLIENT_GONE:
+                return 499
             if isinstance(msg, ErrorReply):
                 if not started:
                     return await send_error(send, msg, headers)
@@ -227,9 +225,11 @@ async def send_error(send: Send, err: ErrorReply, headers: list[tuple[bytes, byt
     return err.status
 
 
-async def _wait_disconnect(receive: Receive) -> None:
+async def _watch_disconnect(receive: Receive, slot: ReplySlot) -> None:
+    """Wake the request's reader when the client goes away."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
+            slot.push(CLIENT_GONE)
             return
 

@@ -1,0 +1,148 @@
+"""An in-process gateway for tests: router + workers + ingress on the test's
+event loop, talking over a real NATS and real HTTP (uvicorn on a free port)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass
+
+from gandalf_common.bus import connect
+from gandalf_common.config import GatewayConfig, parse_config
+from gandalf_ingress.app import IngressService
+from gandalf_router.app import RouterService
+from gandalf_workers.app import WorkerService
+from nats.aio.client import Client as NATS
+
+TEST_KEY = "gnd_test_admin_key"
+VIEWER_KEY = "gnd_test_viewer_key"
+LIMITED_KEY = "gnd_test_limited_key"
+UPSTREAM_KEY = "sk-upstream-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def gateway_yaml(port: int, upstream: str, *, extra_server: str = "") -> str:
+    """Routes exercise the mock's fault directives through the target model."""
+    return f"""
+server:
+  addr: "127.0.0.1:{port}"
+  max_body_bytes: 4MiB
+  write_timeout: 20s
+  stream_keepalive: 300ms
+{extra_server}
+providers:
+  - name: primary
+    type: openai
+    base_url: {upstream}
+    api_key: {UPSTREAM_KEY}
+    timeout_ms: 5000
+  - name: secondary
+    type: openai
+    base_url: {upstream}
+    api_key: {UPSTREAM_KEY}
+  - name: ghost
+    type: openai
+    base_url: {upstream}
+routes:
+  - model_alias: m
+    targets: [{{provider: primary, model: ok}}]
+  - model_alias: emb
+    targets: [{{provider: primary, model: emb-ok}}]
+  - model_alias: failover-500
+    targets:
+      - {{provider: primary, model: fail-500, priority: 1}}
+      - {{provider: secondary, model: fo-ok, priority: 2}}
+  - model_alias: failover-429
+    targets:
+      - {{provider: primary, model: fail-429+retry-after-3, priority: 1}}
+      - {{provider: secondary, model: fo429-ok, priority: 2}}
+  - model_alias: bad-400
+    targets:
+      - {{provider: primary, model: fail-400}}
+      - {{provider: secondary, model: never-called-400}}
+  - model_alias: all-fail
+    targets:
+      - {{provider: primary, model: fail-500}}
+      - {{provider: secondary, model: fail-503}}
+  - model_alias: all-429
+    targets: [{{provider: primary, model: fail-429+retry-after-7}}]
+  - model_alias: cut
+    targets:
+      - {{provider: primary, model: cut-3+words-20}}
+      - {{provider: secondary, model: never-called-cut}}
+  - model_alias: slow-stream
+    targets: [{{provider: primary, model: chunk-delay-200+words-50}}]
+  - model_alias: hang
+    targets: [{{provider: primary, model: hang}}]
+  - model_alias: slow-start
+    targets: [{{provider: primary, model: delay-1200}}]
+  - model_alias: ghost-only
+    targets: [{{provider: ghost, model: ok}}]
+  - model_alias: ghost-then-ok
+    targets:
+      - {{provider: ghost, model: ok}}
+      - {{provider: primary, model: after-ghost}}
+  - model_alias: timeout
+    targets:
+      - {{provider: primary, model: delay-8000}}
+keys:
+  - name: test-admin
+    key: {TEST_KEY}
+    role: admin
+  - name: viewer
+    key: {VIEWER_KEY}
+    role: viewer
+  - name: limited
+    key: {LIMITED_KEY}
+    role: member
+    allowed_models: ["m", "failover-*"]
+"""
+
+
+@dataclass
+class RunningGateway:
+    cfg: GatewayConfig
+    url: str
+    nc: NATS
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+    router: RouterService
+    workers: WorkerService
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 15)
+        await self.workers.stop(5)
+        await self.router.stop(5)
+        await self.nc.close()
+
+
+async def start_gateway(nats_url: str, upstream_base: str, **kw: str) -> RunningGateway:
+    port = free_port()
+    cfg, _warnings = parse_config(gateway_yaml(port, upstream_base, **kw))
+    nc = await connect(nats_url, "gandalf-test")
+    router = RouterService(cfg)
+    # No worker serves "ghost": the router must see "no responders".
+    workers = WorkerService(cfg, ["primary", "secondary"])
+    await router.start(nc)
+    await workers.start(nc)
+    stop = asyncio.Event()
+    task = asyncio.create_task(IngressService(cfg).serve(nc, stop))
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            _r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.02)
+    return RunningGateway(cfg, url, nc, stop, task, router, workers)
