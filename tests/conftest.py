@@ -21,8 +21,8 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -211,9 +211,8 @@ def redis_url() -> str:
 @pytest.fixture(scope="session")
 def mock_upstream() -> Iterator[Any]:
     """The mock OpenAI upstream (tests/mock_upstream.py), in a thread, for the session."""
-    from mock_upstream import MockUpstream
-
     from gateway_harness import UPSTREAM_KEY
+    from mock_upstream import MockUpstream
 
     with MockUpstream(api_key=UPSTREAM_KEY) as mock:
         yield mock

@@ -7,12 +7,13 @@ import asyncio
 import socket
 from dataclasses import dataclass
 
+from nats.aio.client import Client as NATS
+
 from gandalf_common.bus import connect
 from gandalf_common.config import GatewayConfig, parse_config
 from gandalf_ingress.app import IngressService
 from gandalf_router.app import RouterService
 from gandalf_workers.app import WorkerService
-from nats.aio.client import Client as NATS
 
 TEST_KEY = "gnd_test_admin_key"
 VIEWER_KEY = "gnd_test_viewer_key"

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+
 from gateway_harness import LIMITED_KEY, TEST_KEY, UPSTREAM_KEY, VIEWER_KEY
 
 CHAT = "/v1/chat/completions"
