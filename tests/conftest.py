@@ -78,7 +78,7 @@ async def nats_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[st
             yield SYSTEM_NATS_URL
             return
         print(f"\n[conftest] NATS: system server not usable ({reason})")
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), max_payload=1024 * 1024)  # NATS default
     url = server.start()
     print(f"\n[conftest] NATS: using embedded server {url} (pid {server.pid})")
     try:
