@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+
 from gateway_harness import UPSTREAM_KEY, free_port
 
 GANDALF = [sys.executable, "-m", "gandalf_common.cli"]
