@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.object_store import ObjectStore
 
-from . import subjects
+from . import contract
 
 log = logging.getLogger("gandalf.bus")
 
@@ -77,9 +77,9 @@ class BodyStore:
             async with self._lock:
                 if self._store is None:
                     js = self._nc.jetstream()
-                    config = ObjectStoreConfig(bucket=subjects.BODY_BUCKET, ttl=BODY_TTL_S,
+                    config = ObjectStoreConfig(bucket=contract.BODY_BUCKET, ttl=BODY_TTL_S,
                                                storage=StorageType.FILE)
-                    self._store = await js.create_object_store(subjects.BODY_BUCKET, config)
+                    self._store = await js.create_object_store(contract.BODY_BUCKET, config)
         return self._store
 
     async def put(self, name: str, data: bytes) -> None:

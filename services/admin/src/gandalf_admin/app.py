@@ -11,8 +11,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from gandalf_common import subjects
-from gandalf_common.messages import Pong, encode
+from gandalf_common import contract
+from gandalf_common.contract import Pong, encode
 from gandalf_common.pg import migrate
 
 log = logging.getLogger("gandalf.admin")
@@ -33,7 +33,7 @@ class AdminService:
             if msg.reply:
                 await nc.publish(msg.reply, pong)
 
-        self._subs.append(await nc.subscribe(subjects.PING_ADMIN, queue="admin", cb=on_ping))
+        self._subs.append(await nc.subscribe(contract.PING_ADMIN, queue="admin", cb=on_ping))
 
     async def stop(self, timeout: float) -> None:
         for sub in self._subs:

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from gandalf_common import subjects
+from gandalf_common import contract
 from gandalf_common.bus import BodyStore
 from gandalf_common.config import GatewayConfig
 from gandalf_common.errors import error_body
@@ -58,10 +58,10 @@ class Readiness:
         nc = self.nc
         if nc is None or not nc.is_connected:
             return False, "nats not connected"
-        probes = [subjects.PING_ROUTER] + [subjects.ping_provider(p) for p in self.providers]
+        probes = [contract.PING_ROUTER] + [contract.ping_provider(p) for p in self.providers]
         results = await asyncio.gather(*(nc.request(s, b"", timeout=1.0) for s in probes),
                                        return_exceptions=True)
-        missing = [s.rsplit(".", 1)[-1] if s != subjects.PING_ROUTER else "router"
+        missing = [s.rsplit(".", 1)[-1] if s != contract.PING_ROUTER else "router"
                    for s, r in zip(probes, results, strict=True) if isinstance(r, BaseException)]
         if missing:
             return False, "no answer from: " + ", ".join(missing)
@@ -125,9 +125,9 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
         return span(app)
 
     routes = [
-        Route("/v1/chat/completions", ProxyEndpoint(gateway, subjects.OP_CHAT),
+        Route("/v1/chat/completions", ProxyEndpoint(gateway, contract.OP_CHAT),
               methods=["POST"]),
-        Route("/v1/embeddings", ProxyEndpoint(gateway, subjects.OP_EMBED), methods=["POST"]),
+        Route("/v1/embeddings", ProxyEndpoint(gateway, contract.OP_EMBED), methods=["POST"]),
         Route("/v1/models", ModelsEndpoint(gateway), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz, methods=["GET", "HEAD"]),

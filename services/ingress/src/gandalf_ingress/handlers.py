@@ -9,14 +9,14 @@ from typing import Any
 
 import msgspec
 
-from gandalf_common import subjects
+from gandalf_common import contract
 from gandalf_common.bus import BodyStore, inline_limit
+from gandalf_common.contract import ErrorReply, RouteRequest
 from gandalf_common.errors import (
     GatewayError,
     ModelNotFoundError,
     PayloadTooLargeError,
 )
-from gandalf_common.messages import ErrorReply, RouteRequest
 
 from .auth import Identity, KeyTable
 from .metrics import CLIENT_DISCONNECTS, UPSTREAM_ERRORS
@@ -123,7 +123,7 @@ class ProxyEndpoint:
     def _route_request(self, identity: Identity, body: bytes, request_id: str) -> RouteRequest:
         stream = False
         include_usage = False
-        if self.op == subjects.OP_CHAT:
+        if self.op == contract.OP_CHAT:
             chat = parse_chat(body)
             model = chat.model
             stream = bool(chat.stream)

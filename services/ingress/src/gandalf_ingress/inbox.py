@@ -12,8 +12,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
-from gandalf_common import subjects
-from gandalf_common.messages import ErrorReply, ReplyMsg, reply_decoder
+from gandalf_common import contract
+from gandalf_common.contract import ErrorReply, ReplyMsg, reply_decoder
 
 #: Messages buffered for one request before we give up on a slow client.
 MAX_PENDING = 4096
@@ -73,7 +73,7 @@ class ReplyInbox:
         self._sub: Subscription | None = None
 
     async def start(self, nc: NATS) -> None:
-        self._prefix = f"{subjects.INBOX_PREFIX}.{NUID().next().decode()}."
+        self._prefix = f"{contract.INBOX_PREFIX}.{NUID().next().decode()}."
         self._sub = await nc.subscribe(self._prefix + "*", cb=self._on_msg,
                                        pending_msgs_limit=262144,
                                        pending_bytes_limit=512 * 1024 * 1024)

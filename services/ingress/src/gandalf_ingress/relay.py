@@ -16,9 +16,8 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from gandalf_common import subjects
-from gandalf_common.errors import error_body
-from gandalf_common.messages import (
+from gandalf_common import contract
+from gandalf_common.contract import (
     Cancel,
     Chunk,
     Complete,
@@ -27,6 +26,7 @@ from gandalf_common.messages import (
     RouteRequest,
     encode,
 )
+from gandalf_common.errors import error_body
 
 from .inbox import ReplyInbox, ReplySlot
 
@@ -59,13 +59,13 @@ class Relay:
 
     async def cancel(self, request_id: str) -> None:
         try:
-            await self.nc.publish(subjects.CANCEL, encode(Cancel(request_id=request_id)))
+            await self.nc.publish(contract.CANCEL, encode(Cancel(request_id=request_id)))
         except Exception:  # noqa: BLE001 - NATS down: the worker's own timeouts apply
             pass
 
     async def _publish(self, req: RouteRequest, slot: ReplySlot) -> ErrorReply | None:
         try:
-            await self.nc.publish(subjects.router_op_subject(req.op), encode(req),
+            await self.nc.publish(contract.router_op_subject(req.op), encode(req),
                                   reply=slot.subject, headers=_HDRS)
         except Exception:  # noqa: BLE001 - connection closed or reconnecting
             return ErrorReply(status=503, code="bus_unavailable", type="api_error",

@@ -12,10 +12,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from gandalf_common import subjects
+from gandalf_common import contract
 from gandalf_common.bus import BodyStore
 from gandalf_common.config import GatewayConfig, ProviderConfig
-from gandalf_common.messages import Pong, encode
+from gandalf_common.contract import Pong, encode
 
 from .handlers import ProviderPool
 from .providers.base import Provider
@@ -78,16 +78,16 @@ class WorkerService:
                                 max_concurrency=pcfg.max_concurrency,
                                 ttfb_timeout=pcfg.timeout_ms / 1000, bodies=bodies)
             self.pools[pcfg.name] = pool
-            queue = subjects.provider_queue(pcfg.name)
+            queue = contract.provider_queue(pcfg.name)
             self._subs.append(await nc.subscribe(
-                subjects.provider_wildcard(pcfg.name), queue=queue, cb=pool.on_exec,
+                contract.provider_wildcard(pcfg.name), queue=queue, cb=pool.on_exec,
                 pending_msgs_limit=65536, pending_bytes_limit=256 * 1024 * 1024))
             self._subs.append(await nc.subscribe(
-                subjects.ping_provider(pcfg.name), queue=queue, cb=self._pong(nc, pcfg.name)))
+                contract.ping_provider(pcfg.name), queue=queue, cb=self._pong(nc, pcfg.name)))
             log.info("worker serving provider %s (%s) at %s", pcfg.name, pcfg.type,
                      pcfg.base_url)
         if self.pools:
-            self._subs.append(await nc.subscribe(subjects.CANCEL, cb=self._on_cancel))
+            self._subs.append(await nc.subscribe(contract.CANCEL, cb=self._on_cancel))
 
     def _pong(self, nc: NATS, name: str):  # type: ignore[no-untyped-def]
         payload = encode(Pong(service="worker", instance=name, pid=os.getpid()))

@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from gandalf_common.bus import BodyStore, inline_limit
-from gandalf_common.messages import (
+from gandalf_common.contract import (
     Chunk,
     Complete,
     End,

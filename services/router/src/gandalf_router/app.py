@@ -14,10 +14,9 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from gandalf_common import subjects
+from gandalf_common import contract
 from gandalf_common.config import GatewayConfig
-from gandalf_common.errors import ModelNotFoundError
-from gandalf_common.messages import (
+from gandalf_common.contract import (
     Cancel,
     ErrorReply,
     ExecRequest,
@@ -29,6 +28,7 @@ from gandalf_common.messages import (
     encode,
     route_decoder,
 )
+from gandalf_common.errors import ModelNotFoundError
 
 from .routing import RouteTable, verdict
 
@@ -45,7 +45,7 @@ class RouterService:
     async def start(self, nc: NATS) -> None:
         self._nc = nc
         self._subs.append(await nc.subscribe(
-            subjects.ROUTER_WILDCARD, queue=subjects.ROUTER_QUEUE, cb=self._on_request,
+            contract.ROUTER_WILDCARD, queue=contract.ROUTER_QUEUE, cb=self._on_request,
             pending_msgs_limit=65536, pending_bytes_limit=256 * 1024 * 1024))
         pong = encode(Pong(service="router", pid=os.getpid()))
 
@@ -53,7 +53,7 @@ class RouterService:
             if msg.reply:
                 await nc.publish(msg.reply, pong)
 
-        self._subs.append(await nc.subscribe(subjects.PING_ROUTER, queue=subjects.ROUTER_QUEUE,
+        self._subs.append(await nc.subscribe(contract.PING_ROUTER, queue=contract.ROUTER_QUEUE,
                                              cb=on_ping))
 
     async def _on_request(self, msg: Msg) -> None:
@@ -86,7 +86,7 @@ class RouterService:
                                    target_model=target.model, reply_to=reply_to,
                                    attempt=attempt)
             try:
-                resp = await nc.request(subjects.provider_subject(target.provider, req.op),
+                resp = await nc.request(contract.provider_subject(target.provider, req.op),
                                         encode(exec_req), timeout=remaining)
             except NoRespondersError:
                 failures.append(Failed(attempt=attempt, status=503, code="no_worker",
@@ -95,7 +95,7 @@ class RouterService:
                 continue
             except (TimeoutError, NatsTimeoutError):
                 # Make sure a late start cannot mix with anything else.
-                await nc.publish(subjects.CANCEL, encode(Cancel(request_id=req.request_id,
+                await nc.publish(contract.CANCEL, encode(Cancel(request_id=req.request_id,
                                                                 attempt=attempt)))
                 failures.append(Failed(attempt=attempt, status=504, type="timeout_error",
                                        code="deadline_exceeded",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gandalf_common.config import GatewayConfig, RouteTargetConfig
-from gandalf_common.messages import ErrorReply, Failed
+from gandalf_common.contract import ErrorReply, Failed
 
 
 class RouteTable:

@@ -9,8 +9,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from gandalf_common import subjects
-from gandalf_common.messages import Pong, encode
+from gandalf_common import contract
+from gandalf_common.contract import Pong, encode
 
 
 class UsageService:
@@ -25,7 +25,7 @@ class UsageService:
             if msg.reply:
                 await nc.publish(msg.reply, pong)
 
-        self._subs.append(await nc.subscribe(subjects.PING_USAGE, queue="usage", cb=on_ping))
+        self._subs.append(await nc.subscribe(contract.PING_USAGE, queue="usage", cb=on_ping))
 
     async def stop(self, timeout: float) -> None:
         for sub in self._subs:

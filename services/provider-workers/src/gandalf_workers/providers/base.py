@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from gandalf_common.messages import Usage
+from gandalf_common.contract import Usage
 
 
 class UpstreamFailure(Exception):

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from gandalf_common.messages import Usage
+from gandalf_common.contract import Usage
 
 from .base import ProviderResponse, StreamItem, UpstreamFailure
 from .sse import SSEError, iter_sse

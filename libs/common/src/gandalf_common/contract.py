@@ -1,16 +1,84 @@
-"""The wire contract: every payload that crosses the bus, as msgspec Structs.
+"""The wire contract: every NATS subject and every payload that crosses the bus.
 
-Encoding is msgpack. Rules (msgspec schema evolution): every Struct is
+This is the one place to read the protocol. Payloads are msgspec Structs
+encoded as msgpack. Rules (msgspec schema evolution): every Struct is
 ``frozen`` and ``kw_only``; fields added later get defaults; unknown fields are
 ignored, so an old service can read a newer message.
 
-Subjects are in :mod:`gandalf_common.subjects`.
+Flow of one request::
+
+    ingress --ROUTER_CHAT/ROUTER_EMBED (reply = ingress inbox)--> router (queue "router")
+    router  --provider_subject(instance, op) (request/reply, ctl)--> worker (queue per instance)
+    worker  --Chunk.../End or Complete--> ingress inbox   (``reply_to`` in the ExecRequest)
+    worker  --Started / Failed-->  router                  (the NATS reply of the exec request)
+    router  --ErrorReply--> ingress inbox                  (when no target produced a response)
+    ingress --Cancel on CANCEL--> every worker             (the client went away)
 """
 
 from __future__ import annotations
 
+from typing import Final
+
 import msgspec
 from msgspec import Struct
+
+# ===================================================================== subjects
+PREFIX: Final = "gandalf"
+
+#: ingress -> router, one subject per operation; queue group ROUTER_QUEUE.
+ROUTER_CHAT: Final = "gandalf.router.chat"
+ROUTER_EMBED: Final = "gandalf.router.embed"
+ROUTER_WILDCARD: Final = "gandalf.router.*"
+ROUTER_QUEUE: Final = "router"
+
+#: readiness pings (request/reply, any member of the queue group answers).
+PING_ROUTER: Final = "gandalf.ping.router"
+PING_ADMIN: Final = "gandalf.ping.admin"
+PING_USAGE: Final = "gandalf.ping.usage"
+
+#: ingress -> all workers: a client disconnected, abort its upstream call.
+#: Broadcast (no queue group): disconnects are rare and the ingress does not
+#: know which worker holds the request.
+CANCEL: Final = "gandalf.cancel"
+
+#: JetStream object store for request bodies too large for one NATS message.
+BODY_BUCKET: Final = "gandalf_bodies"
+
+#: Prefix of the per-process reply inboxes of ingresses.
+INBOX_PREFIX: Final = "_INBOX.gw"
+
+OP_CHAT: Final = "chat"
+OP_EMBED: Final = "embed"
+
+
+def provider_subject(instance: str, op: str) -> str:
+    """router -> worker pool of one provider instance (``op``: chat, embed)."""
+    return f"gandalf.provider.{instance}.{op}"
+
+
+def provider_wildcard(instance: str) -> str:
+    return f"gandalf.provider.{instance}.*"
+
+
+def provider_queue(instance: str) -> str:
+    """One queue group per provider instance, so its workers share the load."""
+    return f"provider.{instance}"
+
+
+def ping_provider(instance: str) -> str:
+    return f"gandalf.ping.provider.{instance}"
+
+
+def health_subject(instance: str) -> str:
+    """worker -> routers: breaker transitions and latency samples."""
+    return f"gandalf.health.{instance}"
+
+
+def router_op_subject(op: str) -> str:
+    return f"gandalf.router.{op}"
+
+
+# ===================================================================== payloads
 
 
 class Usage(Struct, frozen=True, kw_only=True, omit_defaults=True):
