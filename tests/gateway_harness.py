@@ -49,6 +49,11 @@ providers:
   - name: ghost
     type: openai
     base_url: {upstream}
+  - name: quick
+    type: openai
+    base_url: {upstream}
+    api_key: {UPSTREAM_KEY}
+    timeout_ms: 500
 routes:
   - model_alias: m
     targets: [{{provider: primary, model: ok}}]
@@ -88,9 +93,10 @@ routes:
     targets:
       - {{provider: ghost, model: ok}}
       - {{provider: primary, model: after-ghost}}
-  - model_alias: timeout
-    targets:
-      - {{provider: primary, model: delay-8000}}
+  - model_alias: ttfb-timeout
+    targets: [{{provider: quick, model: delay-1500}}]
+  - model_alias: long-stream
+    targets: [{{provider: quick, model: chunk-delay-150+words-8}}]
 keys:
   - name: test-admin
     key: {TEST_KEY}
@@ -133,7 +139,7 @@ async def start_gateway(nats_url: str, upstream_base: str, **kw: str) -> Running
     nc = await connect(nats_url, "gandalf-test")
     router = RouterService(cfg)
     # No worker serves "ghost": the router must see "no responders".
-    workers = WorkerService(cfg, ["primary", "secondary"])
+    workers = WorkerService(cfg, ["primary", "secondary", "quick"])
     await router.start(nc)
     await workers.start(nc)
     stop = asyncio.Event()

@@ -316,3 +316,27 @@ async def test_metrics_and_probes(gateway: Any, upstream: Any) -> None:
         assert ready.status_code == 503 and "ghost" in ready.text
         unknown = await http.get("/v1/nothing-here")
         assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_path"
+
+
+async def test_timeout_ms_bounds_first_byte_not_the_stream(gateway: Any, upstream: Any) -> None:
+    # "quick" has timeout_ms 500: an upstream silent for 1.5 s is cut at ~0.5 s...
+    t0 = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as err:
+        await client(gateway).chat.completions.create(
+            model="ttfb-timeout", messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == 504
+    assert time.monotonic() - t0 < 1.4
+    assert await upstream.wait_closed_async(0, timeout=1.0)
+    # ...but a stream that starts at once may run longer than timeout_ms.
+    status, text = await _raw_stream(gateway, "long-stream")
+    assert status == 200 and "event: error" not in text
+    assert text.count("data: {") >= 8 and text.rstrip().endswith("data: [DONE]")
+
+
+async def test_response_larger_than_nats_max_payload(gateway: Any, upstream: Any) -> None:
+    inputs = [f"text {i}" for i in range(40)]
+    result = await client(gateway).embeddings.create(model="emb", input=inputs,
+                                                     dimensions=2048, encoding_format="float")
+    assert len(result.data) == 40 and all(len(d.embedding) == 2048 for d in result.data)
+    size = len(json.dumps(result.model_dump()))
+    assert size > gateway.nc.max_payload  # it really crossed the bus in parts

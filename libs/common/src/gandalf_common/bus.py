@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 
 import nats
@@ -27,15 +28,29 @@ ENVELOPE_RESERVE = 16 * 1024
 BODY_TTL_S = 600.0
 
 
+#: Per-connection callbacks run when the connection drops (see on_disconnect).
+_DISCONNECT_LISTENERS: weakref.WeakKeyDictionary[NATS, list[Callable[[], None]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def on_disconnect(nc: NATS, callback: Callable[[], None]) -> None:
+    """Run ``callback`` whenever ``nc`` loses its server (e.g. to fail
+    in-flight requests fast instead of letting them wait for their deadline)."""
+    _DISCONNECT_LISTENERS.setdefault(nc, []).append(callback)
+
+
 async def connect(url: str, name: str, *, connect_timeout: float = 30.0,
                   on_reconnect: Callable[[], Awaitable[None]] | None = None) -> NATS:
     """Connect, retrying until ``connect_timeout``: services may start before NATS."""
+    holder: list[NATS] = []
 
     async def _error_cb(exc: Exception) -> None:
         log.warning("nats error: %s", exc)
 
     async def _disconnected_cb() -> None:
         log.warning("nats disconnected")
+        for callback in _DISCONNECT_LISTENERS.get(holder[0], ()) if holder else ():
+            callback()
 
     async def _reconnected_cb() -> None:
         log.info("nats reconnected")
@@ -45,7 +60,7 @@ async def connect(url: str, name: str, *, connect_timeout: float = 30.0,
     deadline = time.monotonic() + connect_timeout
     while True:
         try:
-            return await nats.connect(
+            nc = await nats.connect(
                 url, name=name, allow_reconnect=True, max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25, connect_timeout=2, ping_interval=10,
                 max_outstanding_pings=3, error_cb=_error_cb,
@@ -53,6 +68,8 @@ async def connect(url: str, name: str, *, connect_timeout: float = 30.0,
                 # Fail fast while disconnected rather than buffering unboundedly.
                 pending_size=8 * 1024 * 1024,
             )
+            holder.append(nc)
+            return nc
         except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
             if time.monotonic() > deadline:
                 raise ConnectionError(f"cannot connect to NATS at {url}: {exc}") from exc

@@ -103,13 +103,14 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
     def lifespan(app: Starlette) -> Any:
         from contextlib import asynccontextmanager
 
-        from gandalf_common.bus import connect
+        from gandalf_common.bus import connect, on_disconnect
 
         @asynccontextmanager
         async def span(_: Starlette):  # type: ignore[no-untyped-def]
             conn = nc or await connect(nats_url, "gandalf-ingress")
             inbox = ReplyInbox()
             await inbox.start(conn)
+            on_disconnect(conn, inbox.fail_all)
             gateway.relay = Relay(conn, inbox, keepalive=cfg.server.stream_keepalive or 15.0,
                                   idle_timeout=cfg.server.stream_idle_timeout or 300.0)
             gateway.bodies = BodyStore(conn)

@@ -20,6 +20,8 @@ MAX_PENDING = 4096
 
 NO_ROUTER = ErrorReply(status=503, code="no_router", type="api_error",
                        message="no router is available; try again shortly")
+BUS_LOST = ErrorReply(status=503, code="bus_disconnected", type="api_error",
+                      message="the gateway lost its message bus during the request; retry")
 OVERFLOW = ErrorReply(status=503, code="reply_overflow", type="api_error",
                       message="client too slow: response buffer exceeded")
 
@@ -89,6 +91,12 @@ class ReplyInbox:
 
     def __len__(self) -> int:
         return len(self._slots)
+
+    def fail_all(self) -> None:
+        """The bus dropped: replies in flight are lost, so end every request
+        now with a clear error rather than at its deadline."""
+        for slot in list(self._slots.values()):
+            slot.push(BUS_LOST)
 
     async def _on_msg(self, msg: Msg) -> None:
         slot = self._slots.get(msg.subject[len(self._prefix):])

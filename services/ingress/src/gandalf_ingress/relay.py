@@ -45,6 +45,9 @@ _DONE = b"data: [DONE]\n\n"
 #: Pushed into a request's slot by the disconnect watcher.
 CLIENT_GONE = ErrorReply(status=499, code="client_disconnected",
                          message="the client closed the connection")
+_BUS_DOWN = ErrorReply(status=503, code="bus_unavailable", type="api_error",
+                       message="the gateway's message bus is unavailable; retry shortly",
+                       retry_after=1)
 _LOST = ErrorReply(status=502, code="stream_gap", type="api_error",
                    message="a message of the response was lost in transit")
 
@@ -64,12 +67,13 @@ class Relay:
             pass
 
     async def _publish(self, req: RouteRequest, slot: ReplySlot) -> ErrorReply | None:
+        if not self.nc.is_connected:
+            return _BUS_DOWN  # fail fast; nats-py would buffer until reconnect
         try:
             await self.nc.publish(contract.router_op_subject(req.op), encode(req),
                                   reply=slot.subject, headers=_HDRS)
         except Exception:  # noqa: BLE001 - connection closed or reconnecting
-            return ErrorReply(status=503, code="bus_unavailable", type="api_error",
-                              message="the gateway's message bus is unavailable; retry shortly")
+            return _BUS_DOWN
         return None
 
     async def unary(self, req: RouteRequest, send: Send, receive: Receive,
