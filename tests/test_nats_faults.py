@@ -52,3 +52,35 @@ async def test_nats_restart(own_nats: EmbeddedNats, upstream: Any) -> None:
             assert status == 200
     finally:
         await gw.close()
+
+
+async def test_no_router_is_503_at_once(own_nats: EmbeddedNats, upstream: Any) -> None:
+    from gandalf_common.bus import connect
+    from gandalf_common.config import parse_config
+    from gandalf_ingress.app import IngressService
+    from gateway_harness import free_port, gateway_yaml
+
+    url = own_nats.start()
+    port = free_port()
+    cfg, _ = parse_config(gateway_yaml(port, upstream.base_url))
+    nc = await connect(url, "ingress-only")
+    stop = asyncio.Event()
+    task = asyncio.create_task(IngressService(cfg).serve(nc, stop))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            for _ in range(100):
+                try:
+                    ready = await http.get("/readyz")
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.02)
+            assert ready.status_code == 503 and "router" in ready.text
+            t0 = time.monotonic()
+            resp = await http.post("/v1/chat/completions", json=BODY, headers=AUTH)
+            assert resp.status_code == 503
+            assert resp.json()["error"]["code"] == "no_router"
+            assert time.monotonic() - t0 < 1
+    finally:
+        stop.set()
+        await task
+        await nc.close()

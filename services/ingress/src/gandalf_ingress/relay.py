@@ -70,8 +70,10 @@ class Relay:
         if not self.nc.is_connected:
             return _BUS_DOWN  # fail fast; nats-py would buffer until reconnect
         try:
+            # With a reply subject, NATS answers "no responders" itself when no
+            # router is subscribed: the inbox turns that into a 503 at once.
             await self.nc.publish(contract.router_op_subject(req.op), encode(req),
-                                  reply=slot.subject, headers=_HDRS)
+                                  reply=slot.subject)
         except Exception:  # noqa: BLE001 - connection closed or reconnecting
             return _BUS_DOWN
         return None
@@ -208,9 +210,6 @@ class Relay:
             else:  # Complete is not expected on a stream; treat as its end
                 await send({"type": "http.response.body", "body": _DONE})
                 return 200
-
-
-_HDRS = {"Gandalf-Version": "1"}
 
 
 def _sse_error(msg: ErrorReply) -> bytes:
