@@ -38,6 +38,8 @@ REPO = BENCH.parent
 KEY = "gnd_benchkey"
 HOST = "127.0.0.1"
 SAMPLE_EVERY = 0.25
+#: Every Nth sample re-walks the process tree and reads PSS as well (2 s).
+FULL_SAMPLE_EVERY = 8
 
 CHAT_JSON = {
     "id": "chatcmpl-bench",
@@ -327,12 +329,14 @@ def tree_procs(root_pid: int, extra_root: int | None) -> list[psutil.Process]:
     return list(procs.values())
 
 
-def tree_memory(root_pid: int, extra_root: int | None,
-                pss: bool = False) -> tuple[int, int, dict[str, int], int]:
+def tree_memory(root_pid: int, extra_root: int | None, pss: bool = False,
+                procs: list[psutil.Process] | None = None,
+                ) -> tuple[int, int, dict[str, int], int]:
     """(rss sum, pss sum or 0, rss per kind, process count) of a process tree."""
     rss_total = pss_total = 0
     kinds: dict[str, int] = {}
-    procs = tree_procs(root_pid, extra_root)
+    if procs is None:
+        procs = tree_procs(root_pid, extra_root)
     for proc in procs:
         try:
             if pss:
@@ -364,22 +368,31 @@ class Sampler:
     gandalf: Gandalf
     phase: str = "idle"
     samples: list[Sample] = field(default_factory=list)
+    _procs: list[psutil.Process] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def sample(self) -> Sample:
+    def sample(self, full: bool = True) -> Sample:
+        """``full``: walk the process tree again and read PSS (smaps_rollup, costlier);
+        otherwise only RSS (statm) of the processes found by the last full sample,
+        carrying the last PSS forward. Keeps the sampler's own CPU use small."""
         assert self.gandalf.proc is not None
-        rss, pss, kinds, n = tree_memory(self.gandalf.proc.pid, self.gandalf.postmaster_pid(),
-                                         pss=True)
+        if full or not self._procs:
+            self._procs = tree_procs(self.gandalf.proc.pid, self.gandalf.postmaster_pid())
+        rss, pss, kinds, n = tree_memory(0, None, pss=full, procs=self._procs)
+        if not full:
+            pss = self.samples[-1].pss if self.samples else 0
         s = Sample(time.monotonic(), self.phase, rss, pss, kinds, n)
         self.samples.append(s)
         return s
 
     def _run(self) -> None:
+        i = 0
         while not self._stop.is_set():
             t0 = time.monotonic()
             with contextlib.suppress(Exception):
-                self.sample()
+                self.sample(full=i % FULL_SAMPLE_EVERY == 0)
+            i += 1
             self._stop.wait(max(0.0, SAMPLE_EVERY - (time.monotonic() - t0)))
 
     def start(self) -> None:
@@ -842,7 +855,8 @@ def render(args: argparse.Namespace, command: str, info: dict[str, str], rows: l
               for k in kinds]
     mrows.append(["processes in tree", str(start.nprocs), str(peak.nprocs), str(end.nprocs)])
     out += ["", "## Memory of the `gandalf up` tree", "",
-            f"Sampled every {SAMPLE_EVERY} s with psutil ({mem['n']} samples under load): "
+            f"RSS sampled every {SAMPLE_EVERY} s with psutil ({mem['n']} samples under load; "
+        f"process tree re-walked and PSS read every {SAMPLE_EVERY * FULL_SAMPLE_EVERY:g} s): "
             "`gandalf up`, all its descendants (gateway processes, nats-server) and the "
             "embedded PostgreSQL postmaster with its backends. RSS sums count shared pages "
             "(e.g. Postgres shared buffers) once per process; PSS splits them.", ""]
