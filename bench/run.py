@@ -198,10 +198,12 @@ class Nginx:
         stop_process(self.proc, "nginx", 10)
 
 
-def stop_process(proc: subprocess.Popen[bytes] | None, name: str, timeout: float) -> None:
+def stop_process(proc: subprocess.Popen[bytes] | None, name: str, timeout: float) -> float:
+    """SIGTERM, wait up to ``timeout``, then SIGKILL the group; seconds it took."""
     if proc is None or proc.poll() is not None:
-        return
+        return 0.0
     say(f"stopping {name} (pid {proc.pid}, SIGTERM)")
+    t0 = time.monotonic()
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGTERM)
     try:
@@ -211,6 +213,9 @@ def stop_process(proc: subprocess.Popen[bytes] | None, name: str, timeout: float
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    took = time.monotonic() - t0
+    say(f"{name} stopped after {took:.1f}s (exit {proc.returncode})")
+    return took
 
 
 GANDALF_CONFIG = """\
@@ -294,8 +299,8 @@ class Gandalf:
                 return int(pidfile.read_text().splitlines()[0])
         return None
 
-    def stop(self) -> None:
-        stop_process(self.proc, "gandalf up", 60)
+    def stop(self) -> float:
+        return stop_process(self.proc, "gandalf up", 60)
 
 
 # --------------------------------------------------------------------------- memory
@@ -794,7 +799,7 @@ def main() -> int:
             sampler.stop()
         nginx_rss = nginx.rss_mib()
         if gandalf is not None:
-            gandalf.stop()
+            mem["stop_s"] = gandalf.stop()
         nginx.stop()
         if args.keep or not ok:
             say(f"temp dir kept: {workdir}")
@@ -861,8 +866,9 @@ def render(args: argparse.Namespace, command: str, info: dict[str, str], rows: l
             "embedded PostgreSQL postmaster with its backends. RSS sums count shared pages "
             "(e.g. Postgres shared buffers) once per process; PSS splits them.", ""]
     out.append(table(["", "start (idle, after ready)", "peak under load", "end (idle)"], mrows))
-    out += ["", f"gandalf ready after {mem['ready_s']:.1f} s; nginx mock RSS at end "
-            f"{nginx_rss:.1f} MiB."]
+    out += ["", f"gandalf ready after {mem['ready_s']:.1f} s; stopped "
+            f"{mem.get('stop_s', 0):.1f} s after SIGTERM (idle by then); nginx mock RSS at "
+            f"end {nginx_rss:.1f} MiB."]
     if mem.get("postgres_detached"):
         out.append("Note: the embedded postmaster is not a descendant of `gandalf up` "
                    "(pg_ctl daemonizes it); it is included via its postmaster.pid.")
