@@ -300,6 +300,12 @@ async def test_non_stream_disconnect_cancels_upstream(gateway: Any, upstream: An
         with pytest.raises(asyncio.CancelledError):
             await task
     assert await upstream.wait_closed_async(0, timeout=1.0), "upstream call not aborted"
+    # The router stops waiting too (not at the 20 s deadline).
+    for _ in range(100):
+        if not gateway.router._tasks and not gateway.workers.inflight():
+            break
+        await asyncio.sleep(0.01)
+    assert not gateway.router._tasks and gateway.workers.inflight() == 0
 
 
 async def test_metrics_and_probes(gateway: Any, upstream: Any) -> None:

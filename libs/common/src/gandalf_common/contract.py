@@ -152,6 +152,9 @@ class Failed(Struct, frozen=True, kw_only=True, tag_field="t", tag="failed"):
 
 CtlMsg = Started | Failed
 
+#: ``Failed.code`` of an attempt whose client disconnected: nobody waits for it.
+CODE_CLIENT_GONE: Final = "client_disconnected"
+
 
 # --- worker/router -> ingress (reply inbox) -------------------------------
 

@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 
 from gandalf_common.bus import BodyStore, inline_limit
 from gandalf_common.contract import (
+    CODE_CLIENT_GONE,
     Chunk,
     Complete,
     End,
@@ -50,6 +51,8 @@ class ProviderPool:
         self.bodies = bodies
         #: request id -> (attempt, task); the cancel subscription looks here.
         self.inflight: dict[str, tuple[int, asyncio.Task[None]]] = {}
+        #: Requests whose client went away (vs. cancelled by a shutdown).
+        self._abandoned: set[str] = set()
 
     async def on_exec(self, msg: Msg) -> None:
         req = exec_decoder.decode(msg.data)
@@ -71,11 +74,13 @@ class ProviderPool:
         current = self.inflight.get(key)
         if current is not None and current[1] is task:
             del self.inflight[key]
+            self._abandoned.discard(key)
 
     async def on_cancel(self, msg: Msg) -> None:
         cancel = cancel_decoder.decode(msg.data)
         entry = self.inflight.get(cancel.request_id)
         if entry is not None and cancel.attempt in (-1, entry[0]):
+            self._abandoned.add(cancel.request_id)
             entry[1].cancel()
 
     async def _ctl(self, reply: str, message: Started | Failed) -> None:
@@ -114,6 +119,15 @@ class ProviderPool:
                                         code=exc.code, message=exc.message,
                                         retryable=exc.retryable, retry_after=exc.retry_after))
         except asyncio.CancelledError:
+            # Release the router's wait now rather than at the deadline (a
+            # router that already saw Started ignores this).
+            if req.route.request_id in self._abandoned:
+                failed = Failed(attempt=req.attempt, status=499, code=CODE_CLIENT_GONE,
+                                message="the client went away", retryable=False)
+            else:
+                failed = Failed(attempt=req.attempt, status=503, code="worker_stopping",
+                                message=f"{req.provider}: worker shutting down")
+            await self._ctl(ctl, failed)
             raise
         except Exception as exc:
             log.exception("worker %s failed on %s", self.provider.name, req.route.request_id)

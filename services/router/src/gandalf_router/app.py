@@ -17,6 +17,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from gandalf_common import contract
 from gandalf_common.config import GatewayConfig
 from gandalf_common.contract import (
+    CODE_CLIENT_GONE,
     Cancel,
     ErrorReply,
     ExecRequest,
@@ -103,8 +104,8 @@ class RouterService:
                                                "request deadline"))
                 break
             ctl = ctl_decoder.decode(resp.data)
-            if isinstance(ctl, Started):
-                return
+            if isinstance(ctl, Started) or ctl.code == CODE_CLIENT_GONE:
+                return  # served, or nobody is waiting any more
             failures.append(ctl)
             if not ctl.retryable:
                 break

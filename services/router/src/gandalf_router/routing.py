@@ -62,4 +62,4 @@ def verdict(failures: Sequence[Failed], *, attempts: int) -> ErrorReply:
 
 
 #: Failure codes that mean "nobody could take it", as opposed to "it broke".
-_UNAVAILABLE = frozenset({"no_worker", "provider_saturated"})
+_UNAVAILABLE = frozenset({"no_worker", "provider_saturated", "worker_stopping"})

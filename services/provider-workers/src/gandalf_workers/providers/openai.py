@@ -6,7 +6,6 @@ responses are relayed byte for byte: no field is dropped either way.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +15,7 @@ import msgspec
 from gandalf_common.contract import Usage
 
 from .base import ProviderResponse, StreamItem, UpstreamFailure
+from .http import UpstreamHTTP
 from .sse import SSEError, iter_sse
 
 
@@ -87,49 +87,34 @@ def failure_from_response(provider: str, status: int, body: bytes,
         retry_after=parse_retry_after(headers))
 
 
-def connect_failure(provider: str, exc: BaseException, timeout: float) -> UpstreamFailure:
-    if isinstance(exc, TimeoutError | httpx.TimeoutException):
-        return UpstreamFailure(f"{provider}: no response within {timeout:g}s", status=504,
-                               type="timeout_error", code="upstream_timeout")
-    return UpstreamFailure(f"{provider}: upstream connection failed ({type(exc).__name__})",
-                           status=502, code="upstream_unreachable")
-
-
 class OpenAIProvider:
     """``Provider`` for the OpenAI wire format."""
 
-    def __init__(self, name: str, base_url: str, api_key: str, client: httpx.AsyncClient,
+    def __init__(self, name: str, base_url: str, api_key: str, http: UpstreamHTTP,
                  *, auth_header: str = "authorization",
                  query: dict[str, str] | None = None) -> None:
         self.name = name
-        self._base = base_url.rstrip("/")
-        self._client = client
-        self._query = query or {}
+        self._http = http
+        base = base_url.rstrip("/")
+        self._urls = {op: httpx.URL(base + path, params=query or None)
+                      for op, path in _PATHS.items()}
         self._headers = {"content-type": "application/json"}
         if api_key:
             self._headers[auth_header] = (f"Bearer {api_key}" if auth_header == "authorization"
                                           else api_key)
 
-    def _request(self, op: str, payload: dict[str, Any]) -> httpx.Request:
-        path = _PATHS.get(op)
-        if path is None:
+    async def _send(self, op: str, payload: dict[str, Any],
+                    ttfb_timeout: float) -> httpx.Response:
+        url = self._urls.get(op)
+        if url is None:
             raise UpstreamFailure(f"{self.name}: operation {op!r} is not supported", status=400,
                                   type="invalid_request_error", code="unsupported",
                                   retryable=False)
-        return self._client.build_request("POST", self._base + path, headers=self._headers,
-                                          params=self._query or None,
-                                          content=_json_encode(payload))
-
-    async def _send(self, request: httpx.Request, ttfb_timeout: float) -> httpx.Response:
-        try:
-            async with asyncio.timeout(ttfb_timeout):
-                return await self._client.send(request, stream=True)
-        except (httpx.HTTPError, OSError, TimeoutError) as exc:
-            raise connect_failure(self.name, exc, ttfb_timeout) from exc
+        return await self._http.post(url, self._headers, _json_encode(payload), ttfb_timeout)
 
     async def complete(self, op: str, payload: dict[str, Any], *,
                        ttfb_timeout: float) -> ProviderResponse:
-        response = await self._send(self._request(op, payload), ttfb_timeout)
+        response = await self._send(op, payload, ttfb_timeout)
         try:
             body = await response.aread()
         except httpx.HTTPError as exc:
@@ -148,7 +133,7 @@ class OpenAIProvider:
 
     async def stream(self, payload: dict[str, Any], *,
                      ttfb_timeout: float) -> AsyncIterator[StreamItem]:
-        response = await self._send(self._request("chat", payload), ttfb_timeout)
+        response = await self._send("chat", payload, ttfb_timeout)
         try:
             if response.status_code != 200:
                 body = await response.aread()
@@ -176,5 +161,5 @@ class OpenAIProvider:
             await response.aclose()
 
     async def aclose(self) -> None:
-        return None  # the shared client is closed by the pool
+        await self._http.aclose()
 

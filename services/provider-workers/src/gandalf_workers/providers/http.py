@@ -1,0 +1,63 @@
+"""The upstream HTTP client shared by the adapters: httpx on the aiohttp
+transport, one keep-alive pool per provider instance.
+
+Requests go straight to the transport. httpx's ``AsyncClient`` adds a
+cookie jar, redirect and auth handling and a second round of URL/header
+merging that a gateway never needs; measured under load they were about a
+sixth of the worker's CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from .base import UpstreamFailure
+
+#: Longest silence tolerated between two reads of a running response.
+READ_IDLE_S = 300.0
+
+
+class UpstreamHTTP:
+    def __init__(self, name: str, *, max_connections: int, connect_timeout: float) -> None:
+        self.name = name
+        limit = max(1, max_connections)
+
+        def session() -> aiohttp.ClientSession:
+            connector = aiohttp.TCPConnector(limit=limit, keepalive_timeout=90,
+                                             ttl_dns_cache=300)
+            return aiohttp.ClientSession(connector=connector,
+                                         cookie_jar=aiohttp.DummyCookieJar(),
+                                         auto_decompress=False)
+
+        self._transport = AiohttpTransport(client=session)
+        self._extensions = {"timeout": {"connect": connect_timeout, "read": READ_IDLE_S,
+                                        "pool": None}}
+
+    async def post(self, url: httpx.URL, headers: dict[str, str], body: bytes,
+                   ttfb_timeout: float) -> httpx.Response:
+        """Send and return once the response headers arrived (body unread).
+
+        ``ttfb_timeout`` bounds connect + time to first byte only.
+        """
+        request = httpx.Request("POST", url, headers=headers, content=body,
+                                extensions=self._extensions)
+        try:
+            async with asyncio.timeout(ttfb_timeout):
+                return await self._transport.handle_async_request(request)
+        except (httpx.HTTPError, OSError, TimeoutError) as exc:
+            raise connect_failure(self.name, exc, ttfb_timeout) from exc
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+
+def connect_failure(provider: str, exc: BaseException, timeout: float) -> UpstreamFailure:
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return UpstreamFailure(f"{provider}: no response within {timeout:g}s", status=504,
+                               type="timeout_error", code="upstream_timeout")
+    return UpstreamFailure(f"{provider}: upstream connection failed ({type(exc).__name__})",
+                           status=502, code="upstream_unreachable")
