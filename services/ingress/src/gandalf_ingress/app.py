@@ -125,10 +125,11 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
 
         return span(app)
 
+    chat = ProxyEndpoint(gateway, contract.OP_CHAT)
+    embeddings = ProxyEndpoint(gateway, contract.OP_EMBED)
     routes = [
-        Route("/v1/chat/completions", ProxyEndpoint(gateway, contract.OP_CHAT),
-              methods=["POST"]),
-        Route("/v1/embeddings", ProxyEndpoint(gateway, contract.OP_EMBED), methods=["POST"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", ModelsEndpoint(gateway), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
@@ -138,7 +139,8 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: method_not_allowed})
     app.state.readiness = readiness
-    return EdgeMiddleware(app)  # type: ignore[return-value]
+    fast = {"/v1/chat/completions": chat, "/v1/embeddings": embeddings}
+    return EdgeMiddleware(app, fast)  # type: ignore[return-value]
 
 
 class _QuietServer(uvicorn.Server):

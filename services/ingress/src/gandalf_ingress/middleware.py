@@ -44,8 +44,28 @@ def request_id_from(scope: Scope) -> str:
 
 
 class EdgeMiddleware:
-    def __init__(self, app: Any) -> None:
+    """``fast`` maps the hot POST paths straight to their endpoints, skipping
+    Starlette's routing and exception layers (measured: a tenth of the
+    ingress's CPU per request); everything else goes through Starlette."""
+
+    def __init__(self, app: Any, fast: dict[str, Any] | None = None) -> None:
         self.app = app
+        self.fast = fast or {}
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._histograms: dict[tuple[str, str], Any] = {}
+
+    def _record(self, method: str, path: str, status: int, elapsed: float) -> None:
+        label = path if path in KNOWN_PATHS else "other"
+        counter = self._counters.get((method, label, status))
+        if counter is None:
+            counter = REQUESTS.labels(method, label, str(status))
+            self._counters[(method, label, status)] = counter
+        counter.inc()
+        histogram = self._histograms.get((method, label))
+        if histogram is None:
+            histogram = DURATION.labels(method, label)
+            self._histograms[(method, label)] = histogram
+        histogram.observe(elapsed)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -76,8 +96,10 @@ class EdgeMiddleware:
 
         t0 = time.perf_counter()
         ACTIVE.inc()
+        method = scope["method"]
+        app = self.fast.get(path) if method == "POST" else None
         try:
-            await self.app(scope, receive, send_wrapped)
+            await (app or self.app)(scope, receive, send_wrapped)
         except Exception:
             log.exception("unhandled error on %s %s (request %s)", scope["method"], path,
                           request_id)
@@ -90,10 +112,7 @@ class EdgeMiddleware:
         finally:
             ACTIVE.dec()
             elapsed = time.perf_counter() - t0
-            label = path if path in KNOWN_PATHS else "other"
-            method = scope["method"]
-            REQUESTS.labels(method, label, str(status)).inc()
-            DURATION.labels(method, label).observe(elapsed)
+            self._record(method, path, status, elapsed)
             if log.isEnabledFor(logging.INFO):
                 log.info("request method=%s path=%s status=%d duration_ms=%.2f request_id=%s",
                          method, path, status, elapsed * 1000, request_id)
