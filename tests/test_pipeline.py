@@ -346,3 +346,25 @@ async def test_response_larger_than_nats_max_payload(gateway: Any, upstream: Any
     assert len(result.data) == 40 and all(len(d.embedding) == 2048 for d in result.data)
     size = len(json.dumps(result.model_dump()))
     assert size > gateway.nc.max_payload  # it really crossed the bus in parts
+
+
+async def test_mass_disconnect_leaves_nothing_waiting(gateway: Any, upstream: Any) -> None:
+    # Clients vanish at every stage of their requests (as when a load tool
+    # stops): no router or worker task may be left waiting for its deadline.
+    body = {"model": "slow-start", "messages": [{"role": "user", "content": "x"}]}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=15,
+                                 limits=httpx.Limits(max_connections=64)) as http:
+        for delay in (0.0, 0.001, 0.005, 0.02, 0.3):
+            tasks = [asyncio.create_task(http.post(
+                CHAT, json=body, headers={"authorization": f"Bearer {TEST_KEY}"}))
+                for _ in range(16)]
+            await asyncio.sleep(delay)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    for _ in range(300):
+        if not gateway.router._tasks and not gateway.workers.inflight():
+            break
+        await asyncio.sleep(0.01)
+    assert len(gateway.router._tasks) == 0
+    assert gateway.workers.inflight() == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
@@ -57,7 +58,7 @@ async def run_services(nats_url: str, name: str, services: list[BusService],
         else:
             await stop.wait()
         log.info("%s: draining (up to %.0fs)", name, shutdown_timeout)
-        await asyncio.gather(*(s.stop(shutdown_timeout) for s in services))
+        await asyncio.gather(*(_timed_stop(s, shutdown_timeout) for s in services))
     finally:
         try:
             await asyncio.wait_for(nc.drain(), timeout=5)
@@ -65,6 +66,14 @@ async def run_services(nats_url: str, name: str, services: list[BusService],
             await nc.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def _timed_stop(service: BusService, timeout: float) -> None:
+    started = time.monotonic()
+    await service.stop(timeout)
+    took = time.monotonic() - started
+    if took > 1:
+        log.warning("%s took %.1fs to drain", type(service).__name__, took)
 
 
 def install_uvloop() -> Any:

@@ -61,7 +61,7 @@ class RouterService:
         if not msg.reply:
             return
         req = route_decoder.decode(msg.data)
-        task = asyncio.create_task(self._route(req, msg.reply))
+        task = asyncio.create_task(self._route(req, msg.reply), name=req.request_id)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -121,4 +121,8 @@ class RouterService:
                 pass
         self._subs.clear()
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+            log.info("router: waiting for %d requests in flight", len(self._tasks))
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in pending:
+                log.warning("router: request %s still waiting at shutdown", task.get_name())
+                task.cancel()
