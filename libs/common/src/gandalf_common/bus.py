@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.object_store import ObjectStore
 
@@ -114,3 +116,23 @@ class BodyStore:
             await store.delete(name)
         except Exception as exc:  # noqa: BLE001 - cleanup is best effort, the TTL catches it
             log.debug("body delete failed for %s: %s", name, exc)
+
+
+async def serve_pings(nc: NATS, subject: str, queue: str, pong: bytes) -> Subscription:
+    """Answer readiness pings on ``subject`` (one member of ``queue`` answers)."""
+
+    async def reply(msg: Msg) -> None:
+        if msg.reply:
+            await nc.publish(msg.reply, pong)
+
+    return await nc.subscribe(subject, queue=queue, cb=reply)
+
+
+async def unsubscribe_all(subs: list[Subscription]) -> None:
+    """Stop taking new messages; the connection may already be gone."""
+    for sub in subs:
+        try:
+            await sub.unsubscribe()
+        except Exception:  # noqa: BLE001 - closing anyway
+            pass
+    subs.clear()

@@ -8,10 +8,10 @@ import logging
 import os
 
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from gandalf_common import contract
+from gandalf_common.bus import serve_pings, unsubscribe_all
 from gandalf_common.contract import Pong, encode
 from gandalf_common.pg import migrate
 
@@ -28,16 +28,7 @@ class AdminService:
             applied = await migrate(self.dsn)
             log.info("database schema up to date (applied: %s)", ", ".join(applied) or "none")
         pong = encode(Pong(service="admin", pid=os.getpid()))
-
-        async def on_ping(msg: Msg) -> None:
-            if msg.reply:
-                await nc.publish(msg.reply, pong)
-
-        self._subs.append(await nc.subscribe(contract.PING_ADMIN, queue="admin", cb=on_ping))
+        self._subs.append(await serve_pings(nc, contract.PING_ADMIN, "admin", pong))
 
     async def stop(self, timeout: float) -> None:
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may be gone already
-                pass
+        await unsubscribe_all(self._subs)

@@ -11,7 +11,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from gandalf_common import contract
-from gandalf_common.bus import BodyStore
+from gandalf_common.bus import BodyStore, serve_pings, unsubscribe_all
 from gandalf_common.config import GatewayConfig, ProviderConfig
 from gandalf_common.contract import Pong, encode
 
@@ -71,21 +71,13 @@ class WorkerService:
             self._subs.append(await nc.subscribe(
                 contract.provider_wildcard(pcfg.name), queue=queue, cb=pool.on_exec,
                 pending_msgs_limit=65536, pending_bytes_limit=256 * 1024 * 1024))
-            self._subs.append(await nc.subscribe(
-                contract.ping_provider(pcfg.name), queue=queue, cb=self._pong(nc, pcfg.name)))
+            pong = encode(Pong(service="worker", instance=pcfg.name, pid=os.getpid()))
+            self._subs.append(await serve_pings(nc, contract.ping_provider(pcfg.name), queue,
+                                                pong))
             log.info("worker serving provider %s (%s) at %s", pcfg.name, pcfg.type,
                      pcfg.base_url)
         if self.pools:
             self._subs.append(await nc.subscribe(contract.CANCEL, cb=self._on_cancel))
-
-    def _pong(self, nc: NATS, name: str):  # type: ignore[no-untyped-def]
-        payload = encode(Pong(service="worker", instance=name, pid=os.getpid()))
-
-        async def reply(msg: Msg) -> None:
-            if msg.reply:
-                await nc.publish(msg.reply, payload)
-
-        return reply
 
     async def _on_cancel(self, msg: Msg) -> None:
         for pool in self.pools.values():
@@ -96,12 +88,7 @@ class WorkerService:
 
     async def stop(self, timeout: float) -> None:
         """Stop taking work, let in-flight calls finish up to ``timeout``."""
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may be gone already
-                pass
-        self._subs.clear()
+        await unsubscribe_all(self._subs)
         tasks = [t for p in self.pools.values() for _, t in p.inflight.values()]
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=timeout)

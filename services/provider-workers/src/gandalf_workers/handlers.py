@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 import msgspec
@@ -36,6 +37,9 @@ from .providers.base import Provider, UpstreamFailure
 
 log = logging.getLogger("gandalf.worker")
 
+#: How many early cancels a pool remembers (a few seconds' worth at load).
+EARLY_CANCELS = 4096
+
 _json_decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 
@@ -53,12 +57,21 @@ class ProviderPool:
         self.inflight: dict[str, tuple[int, asyncio.Task[None]]] = {}
         #: Requests whose client went away (vs. cancelled by a shutdown).
         self._abandoned: set[str] = set()
+        self._background: set[asyncio.Future[None]] = set()
+        #: Cancels that arrived before their request (request id -> attempt).
+        self._cancelled_early: OrderedDict[str, int] = OrderedDict()
 
     async def on_exec(self, msg: Msg) -> None:
         req = exec_decoder.decode(msg.data)
         route = req.route
         if route.deadline and time.time() >= route.deadline:
             return  # the caller has given up already; doing the work is waste
+        if self._cancelled_early.get(route.request_id, -2) in (-1, req.attempt):
+            # The client's Cancel overtook this request on its way here.
+            await self._ctl(msg.reply, Failed(attempt=req.attempt, status=499,
+                                              code=CODE_CLIENT_GONE, retryable=False,
+                                              message="the client went away"))
+            return
         if len(self.inflight) >= self.max_concurrency:
             # Bounded: never queue without limit; the router fails over or sheds.
             await self._ctl(msg.reply, Failed(attempt=req.attempt, status=503,
@@ -66,20 +79,40 @@ class ProviderPool:
                                               message=f"{req.provider}: at max_concurrency"))
             return
         task = asyncio.create_task(self._run(req, msg.reply))
-        key = route.request_id
-        self.inflight[key] = (req.attempt, task)
-        task.add_done_callback(lambda _t: self._forget(key, task))
+        self.inflight[route.request_id] = (req.attempt, task)
+        task.add_done_callback(lambda t: self._finished(t, req, msg.reply))
 
-    def _forget(self, key: str, task: asyncio.Task[None]) -> None:
+    def _finished(self, task: asyncio.Task[None], req: ExecRequest, ctl: str) -> None:
+        key = req.route.request_id
         current = self.inflight.get(key)
         if current is not None and current[1] is task:
             del self.inflight[key]
-            self._abandoned.discard(key)
+        abandoned = key in self._abandoned
+        self._abandoned.discard(key)
+        if not task.cancelled():
+            return
+        # Release the router's wait now rather than at the deadline (a router
+        # that already saw Started ignores this). Done here, not in ``_run``:
+        # a task cancelled before its first step never runs its body.
+        if abandoned:
+            failed = Failed(attempt=req.attempt, status=499, code=CODE_CLIENT_GONE,
+                            message="the client went away", retryable=False)
+        else:
+            failed = Failed(attempt=req.attempt, status=503, code="worker_stopping",
+                            message=f"{req.provider}: worker shutting down")
+        publish = asyncio.ensure_future(self._ctl(ctl, failed))
+        self._background.add(publish)
+        publish.add_done_callback(self._background.discard)
 
     async def on_cancel(self, msg: Msg) -> None:
         cancel = cancel_decoder.decode(msg.data)
         entry = self.inflight.get(cancel.request_id)
-        if entry is not None and cancel.attempt in (-1, entry[0]):
+        if entry is None:
+            # Not here (yet): remember it briefly in case the request follows.
+            self._cancelled_early[cancel.request_id] = cancel.attempt
+            if len(self._cancelled_early) > EARLY_CANCELS:
+                self._cancelled_early.popitem(last=False)
+        elif cancel.attempt in (-1, entry[0]):
             self._abandoned.add(cancel.request_id)
             entry[1].cancel()
 
@@ -118,17 +151,6 @@ class ProviderPool:
             await self._ctl(ctl, Failed(attempt=req.attempt, status=exc.status, type=exc.type,
                                         code=exc.code, message=exc.message,
                                         retryable=exc.retryable, retry_after=exc.retry_after))
-        except asyncio.CancelledError:
-            # Release the router's wait now rather than at the deadline (a
-            # router that already saw Started ignores this).
-            if req.route.request_id in self._abandoned:
-                failed = Failed(attempt=req.attempt, status=499, code=CODE_CLIENT_GONE,
-                                message="the client went away", retryable=False)
-            else:
-                failed = Failed(attempt=req.attempt, status=503, code="worker_stopping",
-                                message=f"{req.provider}: worker shutting down")
-            await self._ctl(ctl, failed)
-            raise
         except Exception as exc:
             log.exception("worker %s failed on %s", self.provider.name, req.route.request_id)
             await self._ctl(ctl, Failed(attempt=req.attempt, status=502, code="worker_error",

@@ -15,6 +15,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from gandalf_common import contract
+from gandalf_common.bus import serve_pings, unsubscribe_all
 from gandalf_common.config import GatewayConfig
 from gandalf_common.contract import (
     CODE_CLIENT_GONE,
@@ -49,13 +50,8 @@ class RouterService:
             contract.ROUTER_WILDCARD, queue=contract.ROUTER_QUEUE, cb=self._on_request,
             pending_msgs_limit=65536, pending_bytes_limit=256 * 1024 * 1024))
         pong = encode(Pong(service="router", pid=os.getpid()))
-
-        async def on_ping(msg: Msg) -> None:
-            if msg.reply:
-                await nc.publish(msg.reply, pong)
-
-        self._subs.append(await nc.subscribe(contract.PING_ROUTER, queue=contract.ROUTER_QUEUE,
-                                             cb=on_ping))
+        self._subs.append(await serve_pings(nc, contract.PING_ROUTER, contract.ROUTER_QUEUE,
+                                            pong))
 
     async def _on_request(self, msg: Msg) -> None:
         if not msg.reply:
@@ -114,12 +110,7 @@ class RouterService:
         await nc.publish(reply_to, encode(verdict(failures, attempts=attempt + 1)))
 
     async def stop(self, timeout: float) -> None:
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may be gone already
-                pass
-        self._subs.clear()
+        await unsubscribe_all(self._subs)
         if self._tasks:
             log.info("router: waiting for %d requests in flight", len(self._tasks))
             _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from gandalf_common import contract
+from gandalf_common.bus import serve_pings, unsubscribe_all
 from gandalf_common.contract import Pong, encode
 
 
@@ -20,16 +20,7 @@ class UsageService:
 
     async def start(self, nc: NATS) -> None:
         pong = encode(Pong(service="usage", pid=os.getpid()))
-
-        async def on_ping(msg: Msg) -> None:
-            if msg.reply:
-                await nc.publish(msg.reply, pong)
-
-        self._subs.append(await nc.subscribe(contract.PING_USAGE, queue="usage", cb=on_ping))
+        self._subs.append(await serve_pings(nc, contract.PING_USAGE, "usage", pong))
 
     async def stop(self, timeout: float) -> None:
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may be gone already
-                pass
+        await unsubscribe_all(self._subs)
