@@ -8,6 +8,8 @@ import asyncio
 import time
 from typing import Any
 
+from nats.aio.msg import Msg
+
 from gandalf_common.bus import BodyStore, connect
 from gandalf_common.contract import (
     CODE_CLIENT_GONE,
@@ -21,7 +23,6 @@ from gandalf_common.contract import (
 from gandalf_workers.handlers import ProviderPool
 from gandalf_workers.providers.http import UpstreamHTTP
 from gandalf_workers.providers.openai import OpenAIProvider
-from nats.aio.msg import Msg
 
 
 async def _pool(nats_url: str, upstream: Any) -> tuple[Any, ProviderPool, asyncio.Queue[Any]]:
