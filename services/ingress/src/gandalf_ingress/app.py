@@ -170,7 +170,8 @@ class IngressService:
         config = uvicorn.Config(
             app, host=host, port=port, loop="none", http="httptools", lifespan="on",
             log_config=None, access_log=False, server_header=False, date_header=False,
-            timeout_keep_alive=120, backlog=2048,
+            # X-Forwarded-For is not trusted unless a deployment opts in.
+            proxy_headers=False, timeout_keep_alive=120, backlog=2048,
             timeout_graceful_shutdown=int(self.cfg.server.shutdown_timeout) or None)
         server = _QuietServer(config)
         sockets = [self.sock] if self.sock is not None else None

@@ -185,10 +185,10 @@ class ProviderPool:
                     usage = item.usage
                 if item.data is None or (item.usage_only and not keep_usage):
                     continue
-                if seq == 0:
-                    await self._ctl(ctl, Started(attempt=req.attempt))
                 await publish(reply_to, encode(Chunk(attempt=req.attempt, seq=seq,
                                                      data=item.data)))
+                if seq == 0:  # after the chunk: it is on the client's critical path
+                    await self._ctl(ctl, Started(attempt=req.attempt))
                 seq += 1
         except UpstreamFailure as exc:
             if seq == 0:
