@@ -181,6 +181,13 @@ def test_config_errors_are_reported(tmp_path: Path) -> None:
     assert run.returncode != 0
     assert "providers[0].timeout_ms" in run.stderr and "soon" in run.stderr
 
+    good = tmp_path / "good.yaml"
+    good.write_text("providers: []\n")
+    bad_key = subprocess.run([*GANDALF, "up", "--config", str(good), "--data-dir",
+                              str(tmp_path / "state")], capture_output=True, text=True,
+                             timeout=30, env={**os.environ, "GANDALF_ADMIN_KEY": "sk-nope"})
+    assert bad_key.returncode != 0 and "must start with gnd_" in bad_key.stderr
+
     missing = subprocess.run([*GANDALF, "router", "--config", str(tmp_path / "nope.yaml")],
                              capture_output=True, text=True, timeout=30)
     assert missing.returncode != 0 and "No such file" in missing.stderr
