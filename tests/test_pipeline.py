@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -368,3 +369,23 @@ async def test_mass_disconnect_leaves_nothing_waiting(gateway: Any, upstream: An
         await asyncio.sleep(0.01)
     assert len(gateway.router._tasks) == 0
     assert gateway.workers.inflight() == 0
+
+
+async def test_secrets_never_reach_logs(gateway: Any, upstream: Any,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    gw = client(gateway)
+    await gw.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    await gw.chat.completions.create(model="failover-500",
+                                     messages=[{"role": "user", "content": "x"}])
+    for model in ("bad-400", "all-fail"):
+        with pytest.raises(openai.APIStatusError):
+            await gw.chat.completions.create(model=model,
+                                             messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.AuthenticationError):
+        await client(gateway, "gnd_some_wrong_key").chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}])
+    text = caplog.text + repr(gateway.cfg)
+    assert caplog.records  # the requests were logged...
+    for secret in (TEST_KEY, UPSTREAM_KEY, "gnd_some_wrong_key", LIMITED_KEY):
+        assert secret not in text  # ...without any key in them

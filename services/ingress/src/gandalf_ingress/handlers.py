@@ -11,7 +11,7 @@ import msgspec
 
 from gandalf_common import contract
 from gandalf_common.bus import BodyStore, inline_limit
-from gandalf_common.contract import ErrorReply, RouteRequest
+from gandalf_common.contract import RouteRequest
 from gandalf_common.errors import (
     GatewayError,
     ModelNotFoundError,
@@ -20,7 +20,7 @@ from gandalf_common.errors import (
 
 from .auth import Identity, KeyTable
 from .metrics import CLIENT_DISCONNECTS, UPSTREAM_ERRORS
-from .relay import Receive, Relay, Send, send_error
+from .relay import Receive, Relay, Send
 from .schemas import parse_chat, parse_embeddings
 
 Scope = dict[str, Any]
@@ -175,6 +175,3 @@ class ModelsEndpoint:
                     "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
 
-
-async def not_ready(send: Send, reason: str) -> None:
-    await send_error(send, ErrorReply(status=503, message=reason, code="not_ready"), [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -41,6 +42,14 @@ def make_provider(cfg: ProviderConfig) -> Provider:
     return OpenAIProvider(cfg.name, cfg.base_url, cfg.api_key, http)
 
 
+def safe_url(url: str) -> str:
+    """The URL without credentials or query (some put keys there)."""
+    parsed = urlsplit(url)
+    host = parsed.hostname or ""
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{host}{port}{parsed.path}"
+
+
 class WorkerService:
     """Serves the queue groups of the selected provider instances."""
 
@@ -75,7 +84,7 @@ class WorkerService:
             self._subs.append(await serve_pings(nc, contract.ping_provider(pcfg.name), queue,
                                                 pong))
             log.info("worker serving provider %s (%s) at %s", pcfg.name, pcfg.type,
-                     pcfg.base_url)
+                     safe_url(pcfg.base_url))
         if self.pools:
             self._subs.append(await nc.subscribe(contract.CANCEL, cb=self._on_cancel))
 
