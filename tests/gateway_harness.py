@@ -49,6 +49,10 @@ providers:
   - name: ghost
     type: openai
     base_url: {upstream}
+  - name: disabled
+    type: openai
+    base_url: {upstream}
+    enabled: false
   - name: quick
     type: openai
     base_url: {upstream}
@@ -93,6 +97,8 @@ routes:
     targets:
       - {{provider: ghost, model: ok}}
       - {{provider: primary, model: after-ghost}}
+  - model_alias: off
+    targets: [{{provider: disabled, model: ok}}]
   - model_alias: ttfb-timeout
     targets: [{{provider: quick, model: delay-1500}}]
   - model_alias: long-stream

@@ -97,6 +97,11 @@ async def test_embeddings_batch(gateway: Any, upstream: Any) -> None:
 async def test_models_lists_route_aliases(gateway: Any) -> None:
     models = [m.id async for m in client(gateway).models.list()]
     assert "m" in models and "failover-500" in models and "emb" in models
+    assert "off" not in models  # its only provider is disabled
+    with pytest.raises(openai.APIStatusError) as err:
+        await client(gateway).chat.completions.create(
+            model="off", messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == 503 and err.value.code == "no_provider_available"
     # A key with an allowlist only sees what it may call.
     limited = [m.id async for m in client(gateway, LIMITED_KEY).models.list()]
     assert set(limited) == {"m", "failover-500", "failover-429"}

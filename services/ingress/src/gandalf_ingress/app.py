@@ -68,12 +68,19 @@ class Readiness:
         return True, "ok"
 
 
+def _servable_aliases(cfg: GatewayConfig) -> set[str]:
+    """Aliases with at least one target on an enabled provider."""
+    enabled = {p.name for p in cfg.providers if p.enabled}
+    return {r.model_alias for r in cfg.routes if any(t.provider in enabled for t in r.targets)}
+
+
 def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: str = "",
                nats_url: str = "") -> Starlette:
     """Build the ingress app. With ``nc`` the app shares a connection owned by
     the caller; otherwise it connects to ``nats_url`` in its lifespan."""
     gateway = Gateway(keys=KeyTable(cfg, admin_key_sha256),
                       aliases={r.model_alias for r in cfg.routes},
+                      servable=_servable_aliases(cfg),
                       max_body=cfg.server.max_body_bytes,
                       write_timeout=cfg.server.write_timeout or 120.0)
     readiness = Readiness(cfg)

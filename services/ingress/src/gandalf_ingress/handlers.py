@@ -72,11 +72,14 @@ async def send_gateway_error(send: Send, exc: GatewayError) -> int:
 class Gateway:
     """State shared by the endpoints; built once in the app's lifespan."""
 
-    def __init__(self, *, keys: KeyTable, aliases: set[str], max_body: int,
+    def __init__(self, *, keys: KeyTable, aliases: set[str], servable: set[str], max_body: int,
                  write_timeout: float, relay: Relay | None = None,
                  bodies: BodyStore | None = None) -> None:
         self.keys = keys
+        #: Every routed alias (others are 404), and those /v1/models lists:
+        #: a route whose providers are all disabled answers 503, unlisted.
         self.aliases = aliases
+        self.servable = servable
         self.max_body = max_body
         self.write_timeout = write_timeout
         self.relay = relay
@@ -163,7 +166,7 @@ class ModelsEndpoint:
             await send_gateway_error(send, exc)
             return
         data = []
-        for alias in sorted(self.gw.aliases):
+        for alias in sorted(self.gw.servable):
             try:
                 identity.check_model(alias)
             except GatewayError:
