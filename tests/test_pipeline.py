@@ -153,6 +153,9 @@ async def test_unknown_model_is_404(gateway: Any, upstream: Any) -> None:
     (b'{"model": "m", "messages": [{"role": "user"}], "api_base": "http://evil"}',
      "api_base"),
     (b"", "empty"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": ' + b"[" * 100_000
+     + b"]" * 100_000 + b"}]}", "nested too deeply"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "\xff\xfe"}]}', "invalid"),
     (b"[1, 2]", "object"),
 ])
 async def test_bad_bodies_are_400(gateway: Any, upstream: Any, body: bytes, needle: str) -> None:
@@ -394,3 +397,33 @@ async def test_secrets_never_reach_logs(gateway: Any, upstream: Any,
     assert caplog.records  # the requests were logged...
     for secret in (TEST_KEY, UPSTREAM_KEY, "gnd_some_wrong_key", LIMITED_KEY):
         assert secret not in text  # ...without any key in them
+
+
+async def test_mangled_bodies_never_give_500(gateway: Any, upstream: Any) -> None:
+    import random
+
+    rng = random.Random(1234)
+    valid = json.dumps({"model": "m", "stream": False, "temperature": 0.2, "n": 1,
+                        "messages": [{"role": "user", "content": "héllo ✓"}],
+                        "tools": [{"type": "function", "function": {"name": "f"}}]}).encode()
+    junk = [b"\x00", b"\xff", b"{", b"}", b"[", b'"', b"\\", b"null", b"1e999", b"-", b"\xe2\x9c"]
+    statuses: dict[int, int] = {}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=15) as http:
+        for _ in range(300):
+            body = bytearray(valid)
+            for _ in range(rng.randint(1, 4)):
+                pos = rng.randrange(len(body))
+                action = rng.random()
+                if action < 0.4:
+                    body[pos:pos] = rng.choice(junk)
+                elif action < 0.7:
+                    del body[pos:pos + rng.randint(1, 8)]
+                else:
+                    body[pos] = rng.randrange(256)
+            resp = await http.post(CHAT, content=bytes(body),
+                                   headers={"authorization": f"Bearer {TEST_KEY}"})
+            statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
+            assert resp.status_code < 500 or resp.status_code in (502, 503), resp.text
+            if resp.status_code >= 400:
+                assert "error" in resp.json()
+    assert statuses.get(400, 0) > 100  # most mutations are caught at the edge

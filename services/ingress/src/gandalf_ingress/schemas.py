@@ -88,6 +88,10 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         raise BadRequestError(f"invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadRequestError(f"invalid JSON in request body: {exc}") from None
+    except UnicodeDecodeError:
+        raise BadRequestError("invalid JSON in request body: not valid UTF-8") from None
+    except RecursionError:
+        raise BadRequestError("invalid JSON in request body: nested too deeply") from None
 
 
 def parse_chat(body: bytes) -> ChatRequest:
