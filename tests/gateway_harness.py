@@ -34,6 +34,7 @@ server:
   addr: "127.0.0.1:{port}"
   max_body_bytes: 4MiB
   write_timeout: 20s
+  read_timeout: 1s
   stream_keepalive: 300ms
 {extra_server}
 providers:

@@ -427,3 +427,28 @@ async def test_mangled_bodies_never_give_500(gateway: Any, upstream: Any) -> Non
             if resp.status_code >= 400:
                 assert "error" in resp.json()
     assert statuses.get(400, 0) > 100  # most mutations are caught at the edge
+
+
+async def test_slow_body_is_408(gateway: Any, upstream: Any) -> None:
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                 b"Authorization: Bearer " + TEST_KEY.encode() + b"\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mo")
+    await writer.drain()
+    t0 = time.monotonic()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 408")
+    assert time.monotonic() - t0 < 3  # read_timeout is 1 s in this gateway
+    writer.close()
+    assert chats(upstream) == []
+
+
+async def test_duplicate_authorization_is_400(gateway: Any, upstream: Any) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        resp = await http.post(CHAT, json={"model": "m", "messages": [{"role": "user"}]},
+                               headers=[("authorization", f"Bearer {TEST_KEY}"),
+                                        ("authorization", "Bearer gnd_other")])
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == "duplicate_header"
+    assert chats(upstream) == []

@@ -82,7 +82,8 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
                       aliases={r.model_alias for r in cfg.routes},
                       servable=_servable_aliases(cfg),
                       max_body=cfg.server.max_body_bytes,
-                      write_timeout=cfg.server.write_timeout or 120.0)
+                      write_timeout=cfg.server.write_timeout or 120.0,
+                      read_timeout=cfg.server.read_timeout or 30.0)
     readiness = Readiness(cfg)
 
     async def healthz(_: Request) -> Response:

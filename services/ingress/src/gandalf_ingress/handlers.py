@@ -4,6 +4,7 @@ call from here."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ from gandalf_common import contract
 from gandalf_common.bus import BodyStore, inline_limit
 from gandalf_common.contract import RouteRequest
 from gandalf_common.errors import (
+    BadRequestError,
     GatewayError,
     ModelNotFoundError,
     PayloadTooLargeError,
@@ -35,6 +37,14 @@ def header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+def authorization(scope: Scope) -> str | None:
+    """The Authorization header; two of them are ambiguous, so refused."""
+    values = [v for k, v in scope["headers"] if k == b"authorization"]
+    if len(values) > 1:
+        raise BadRequestError("more than one Authorization header", code="duplicate_header")
+    return values[0].decode("latin-1") if values else None
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -73,7 +83,7 @@ class Gateway:
     """State shared by the endpoints; built once in the app's lifespan."""
 
     def __init__(self, *, keys: KeyTable, aliases: set[str], servable: set[str], max_body: int,
-                 write_timeout: float, relay: Relay | None = None,
+                 write_timeout: float, read_timeout: float, relay: Relay | None = None,
                  bodies: BodyStore | None = None) -> None:
         self.keys = keys
         #: Every routed alias (others are 404), and those /v1/models lists:
@@ -82,6 +92,7 @@ class Gateway:
         self.servable = servable
         self.max_body = max_body
         self.write_timeout = write_timeout
+        self.read_timeout = read_timeout
         self.relay = relay
         self.bodies = bodies
 
@@ -98,8 +109,13 @@ class ProxyEndpoint:
         request_id: str = scope["state"]["request_id"]
         body_ref = ""
         try:
-            identity = gw.keys.authenticate(header(scope, b"authorization"))
-            body = await read_body(scope, receive, gw.max_body)
+            identity = gw.keys.authenticate(authorization(scope))
+            try:
+                async with asyncio.timeout(gw.read_timeout):
+                    body = await read_body(scope, receive, gw.max_body)
+            except TimeoutError:
+                raise GatewayError(f"request body not received within {gw.read_timeout:g}s",
+                                   status=408, code="request_timeout") from None
             req = self._route_request(identity, body, request_id)
             relay = gw.relay
             if relay is None:
@@ -161,7 +177,7 @@ class ModelsEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            identity = self.gw.keys.authenticate(header(scope, b"authorization"))
+            identity = self.gw.keys.authenticate(authorization(scope))
         except GatewayError as exc:
             await send_gateway_error(send, exc)
             return

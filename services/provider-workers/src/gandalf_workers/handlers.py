@@ -17,6 +17,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from gandalf_common import contract
 from gandalf_common.bus import BodyStore, inline_limit
 from gandalf_common.contract import (
     CODE_CLIENT_GONE,
@@ -130,8 +131,10 @@ class ProviderPool:
         body = route.body if not route.body_ref else await self.bodies.get(route.body_ref)
         payload = _json_decode(body)
         payload["model"] = req.target_model
+        if route.op == contract.OP_CHAT:
+            # What the ingress validated and routed on is what goes upstream.
+            payload["stream"] = route.stream
         if route.stream:
-            payload["stream"] = True
             # Always ask for usage so it can be accounted; stripped again for
             # clients that did not ask (see ``usage_only``).
             options = payload.get("stream_options")
