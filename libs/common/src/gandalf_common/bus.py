@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import nats
 from nats.aio.client import Client as NATS
@@ -41,8 +41,7 @@ def on_disconnect(nc: NATS, callback: Callable[[], None]) -> None:
     _DISCONNECT_LISTENERS.setdefault(nc, []).append(callback)
 
 
-async def connect(url: str, name: str, *, connect_timeout: float = 30.0,
-                  on_reconnect: Callable[[], Awaitable[None]] | None = None) -> NATS:
+async def connect(url: str, name: str, *, connect_timeout: float = 30.0) -> NATS:
     """Connect, retrying until ``connect_timeout``: services may start before NATS."""
     holder: list[NATS] = []
 
@@ -56,8 +55,6 @@ async def connect(url: str, name: str, *, connect_timeout: float = 30.0,
 
     async def _reconnected_cb() -> None:
         log.info("nats reconnected")
-        if on_reconnect is not None:
-            await on_reconnect()
 
     deadline = time.monotonic() + connect_timeout
     while True:

@@ -22,7 +22,7 @@ from gandalf_common.errors import (
 
 from .auth import Identity, KeyTable
 from .metrics import CLIENT_DISCONNECTS, UPSTREAM_ERRORS
-from .relay import Receive, Relay, Send
+from .relay import Receive, Relay, Send, send_json_error
 from .schemas import parse_chat, parse_embeddings
 
 Scope = dict[str, Any]
@@ -70,13 +70,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 async def send_gateway_error(send: Send, exc: GatewayError) -> int:
-    headers: list[tuple[bytes, bytes]] = []
-    if exc.retry_after:
-        headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
-    await send({"type": "http.response.start", "status": exc.status,
-                "headers": [*headers, (b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": exc.body()})
-    return exc.status
+    return await send_json_error(send, exc.status, exc.body(), exc.retry_after)
 
 
 class Gateway:
@@ -129,9 +123,9 @@ class ProxyEndpoint:
             await send_gateway_error(send, exc)
             return
         if req.stream:
-            status = await relay.stream(req, send, receive, [])
+            status = await relay.stream(req, send, receive)
         else:
-            status = await relay.unary(req, send, receive, [])
+            status = await relay.unary(req, send, receive)
         if status == 499:
             CLIENT_DISCONNECTS.inc()
         elif status >= 500:

@@ -78,8 +78,7 @@ class Relay:
             return _BUS_DOWN
         return None
 
-    async def unary(self, req: RouteRequest, send: Send, receive: Receive,
-                    headers: list[tuple[bytes, bytes]]) -> int:
+    async def unary(self, req: RouteRequest, send: Send, receive: Receive) -> int:
         """Non-streaming request; returns the HTTP status sent."""
         slot = self.inbox.open()
         watcher = asyncio.ensure_future(_watch_disconnect(receive, slot))
@@ -92,10 +91,10 @@ class Relay:
             await self.cancel(req.request_id)
             return 499
         if isinstance(reply, ErrorReply):
-            return await send_error(send, reply, headers)
+            return await send_error(send, reply)
         status, body = reply
         await send({"type": "http.response.start", "status": status,
-                    "headers": [*headers, _JSON]})
+                    "headers": [_JSON]})
         await send({"type": "http.response.body", "body": body})
         return status
 
@@ -130,16 +129,15 @@ class Relay:
             if isinstance(msg, Chunk):
                 parts.append(msg.data)
 
-    async def stream(self, req: RouteRequest, send: Send, receive: Receive,
-                     headers: list[tuple[bytes, bytes]]) -> int:
+    async def stream(self, req: RouteRequest, send: Send, receive: Receive) -> int:
         """Streaming request; returns the HTTP status sent."""
         slot = self.inbox.open()
         watcher = asyncio.ensure_future(_watch_disconnect(receive, slot))
         try:
             error = await self._publish(req, slot)
             if error is not None:
-                return await send_error(send, error, headers)
-            status = await self._pump(req, slot, send, headers)
+                return await send_error(send, error)
+            status = await self._pump(req, slot, send)
         finally:
             self.inbox.close(slot)
             watcher.cancel()
@@ -147,8 +145,7 @@ class Relay:
             await self.cancel(req.request_id)
         return status
 
-    async def _pump(self, req: RouteRequest, slot: ReplySlot, send: Send,
-                    headers: list[tuple[bytes, bytes]]) -> int:
+    async def _pump(self, req: RouteRequest, slot: ReplySlot, send: Send) -> int:
         started = False
         locked = -1
         expected = 0
@@ -165,7 +162,7 @@ class Relay:
                     await self.cancel(req.request_id)
                     return await send_error(send, ErrorReply(
                         status=504, code="timeout", type="timeout_error",
-                        message="the upstream did not start before the deadline"), headers)
+                        message="the upstream did not start before the deadline"))
                 if silent >= self.idle_timeout:
                     await self.cancel(req.request_id)
                     msg = ErrorReply(status=504, code="stream_idle_timeout",
@@ -174,7 +171,7 @@ class Relay:
                     if not started:
                         started = True
                         await send({"type": "http.response.start", "status": 200,
-                                    "headers": [*headers, *_SSE_HEADERS]})
+                                    "headers": _SSE_HEADERS})
                     await send({"type": "http.response.body", "body": _KEEPALIVE,
                                 "more_body": True})
                     continue
@@ -183,7 +180,7 @@ class Relay:
                 return 499
             if isinstance(msg, ErrorReply):
                 if not started:
-                    return await send_error(send, msg, headers)
+                    return await send_error(send, msg)
                 await send({"type": "http.response.body", "body": _sse_error(msg) + _DONE})
                 return 200
             if locked == -1:
@@ -193,14 +190,14 @@ class Relay:
             if msg.seq != expected:
                 msg = _LOST
                 if not started:
-                    return await send_error(send, msg, headers)
+                    return await send_error(send, msg)
                 await send({"type": "http.response.body", "body": _sse_error(msg) + _DONE})
                 return 200
             expected += 1
             if not started:
                 started = True
                 await send({"type": "http.response.start", "status": 200,
-                            "headers": [*headers, *_SSE_HEADERS]})
+                            "headers": _SSE_HEADERS})
             if isinstance(msg, Chunk):
                 await send({"type": "http.response.body",
                             "body": b"data: " + msg.data + b"\n\n", "more_body": True})
@@ -217,15 +214,19 @@ def _sse_error(msg: ErrorReply) -> bytes:
     return b"event: error\ndata: " + body + b"\n\n"
 
 
-async def send_error(send: Send, err: ErrorReply, headers: list[tuple[bytes, bytes]]) -> int:
-    extra = list(headers)
-    if err.retry_after > 0:
-        extra.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
-    await send({"type": "http.response.start", "status": err.status,
-                "headers": [*extra, _JSON]})
-    await send({"type": "http.response.body",
-                "body": error_body(err.status, err.message, type=err.type, code=err.code)})
-    return err.status
+async def send_error(send: Send, err: ErrorReply) -> int:
+    return await send_json_error(send, err.status, error_body(
+        err.status, err.message, type=err.type, code=err.code), err.retry_after)
+
+
+async def send_json_error(send: Send, status: int, body: bytes, retry_after: float = 0) -> int:
+    """The one place an HTTP error response is written (OpenAI-shaped body)."""
+    headers = [_JSON]
+    if retry_after > 0:
+        headers.append((b"retry-after", str(max(1, round(retry_after))).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+    return status
 
 
 async def _watch_disconnect(receive: Receive, slot: ReplySlot) -> None:
