@@ -66,6 +66,8 @@ __all__ = [
     "parse_model_faults",
 ]
 
+from mock_anthropic import AnthropicRoutes
+from mock_cloud import CloudRoutes
 from mock_data import (
     DEFAULT_EMBEDDING_DIMENSIONS,
     MOCK_MODELS,
@@ -76,9 +78,13 @@ from mock_data import (
     mock_reply_words,
 )
 from mock_faults import Fault, FaultRule, RequestRecord, _ClientGone, parse_model_faults
+from mock_gemini import GeminiRoutes
+from mock_ollama import OllamaRoutes
 from mock_openai import _CLOSED_KEY, _RECORD_KEY, OpenAIRoutes
 
 _POLL_INTERVAL = 0.01  # seconds between transport-liveness polls
+#: Paths of the OpenAI wire format: they take ``Authorization: Bearer <api_key>``.
+_OPENAI_PATHS = ("/v1/chat/", "/v1/embeddings", "/v1/models")
 
 
 
@@ -87,7 +93,7 @@ _POLL_INTERVAL = 0.01  # seconds between transport-liveness polls
 # -------------------------------------------------------------------------- server
 
 
-class MockUpstream(OpenAIRoutes):
+class MockUpstream(OpenAIRoutes, AnthropicRoutes, GeminiRoutes, OllamaRoutes, CloudRoutes):
     """Mock OpenAI API server running in a background thread with its own event loop.
 
     ``MockUpstream(host="127.0.0.1", port=0, api_key=None)``; ``port=0`` picks a free port.
@@ -202,6 +208,11 @@ class MockUpstream(OpenAIRoutes):
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._list_models)
         app.router.add_get("/v1/models/{model_id:.+}", self._get_model)
+        # Each provider's wire format checks its own credentials (see the mixins).
+        self._add_anthropic_routes(app)
+        self._add_gemini_routes(app)
+        self._add_ollama_routes(app)
+        self._add_cloud_routes(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -405,8 +416,8 @@ class MockUpstream(OpenAIRoutes):
         request[_CLOSED_KEY] = closed
         watcher = asyncio.create_task(self._watch_transport(request, record, closed))
         try:
-            if self.api_key is not None and headers.get("authorization") != (
-                f"Bearer {self.api_key}"
+            if self.api_key is not None and request.path.startswith(_OPENAI_PATHS) and (
+                headers.get("authorization") != f"Bearer {self.api_key}"
             ):
                 resp: web.StreamResponse = self._json_error(
                     401,

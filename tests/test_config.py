@@ -351,7 +351,7 @@ def test_secrets_not_in_repr() -> None:
         "auth:\n  admin_key: adminsecret\n"
         "database:\n  url: postgres://user:dbsecret@db/gandalf\n"
         "providers:\n  - name: openai\n    api_key: sk-topsecret\n"
-        "    auth: {type: azure_entra, client_id: cid, client_secret: clientsecret}\n"
+        "    auth: {type: azure_entra, tenant_id: t, client_id: cid, client_secret: clientsecret}\n"
         "keys:\n  - {name: k, key: gnd_keysecret}\n",
         env={},
     )
@@ -370,14 +370,38 @@ def test_auth_api_key_overrides_and_type_inferred(tmp_path: Path) -> None:
     text = (
         "providers:\n  - name: openai\n    api_key: top\n    auth: {api_key: inner}\n"
         "  - name: gem\n    type: gemini\n    hosting: vertex\n    project: p\n"
-        "  - name: claude\n    type: anthropic\n    hosting: bedrock\n"
+        "    region: us-central1\n"
+        "  - name: claude\n    type: anthropic\n    hosting: bedrock\n    region: eu-west-1\n"
+        "  - name: az\n    type: openai\n    hosting: azure\n"
+        "    base_url: https://res.openai.azure.com\n"
     )
     cfg, _ = load(tmp_path, text)
-    openai, gem, claude = cfg.providers
+    openai, gem, claude, az = cfg.providers
     assert openai.api_key == "inner"
     assert gem.auth.type == "gcp_oauth" and claude.auth.type == "aws_sigv4"
+    # Cloud defaults: the regional endpoints, and a GA Azure api-version.
+    assert gem.base_url == "https://us-central1-aiplatform.googleapis.com"
+    assert claude.base_url == "https://bedrock-runtime.eu-west-1.amazonaws.com"
+    assert az.api_version == "2024-10-21" and openai.api_version == ""
     with pytest.raises(ConfigError, match=r"providers\[0\]\.auth\.type: invalid value 'magic'"):
         load(tmp_path, MIN_PROVIDER + "    auth: {type: magic}\n")
+
+
+@pytest.mark.parametrize(("provider", "message"), [
+    ("type: openai\n    hosting: bedrock\n    region: r",
+     r"providers\[0\]\.hosting: hosting 'bedrock' is not available for type 'openai'"),
+    ("type: gemini\n    hosting: vertex\n    region: r",
+     r"providers\[0\]\.project: hosting vertex needs a project"),
+    ("type: anthropic\n    hosting: bedrock",
+     r"providers\[0\]\.region: hosting bedrock needs a region"),
+    ("type: openai\n    hosting: azure",
+     r"providers\[0\]\.base_url: hosting azure needs base_url"),
+    ("type: openai\n    auth: {type: azure_entra, tenant_id: t}",
+     r"providers\[0\]\.auth\.client_id: azure_entra auth needs"),
+])
+def test_hosting_requirements(tmp_path: Path, provider: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(tmp_path, f"providers:\n  - name: p\n    {provider}\n")
 
 
 def test_keys_validation(tmp_path: Path) -> None:

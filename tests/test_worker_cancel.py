@@ -11,6 +11,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from gandalf_common.bus import BodyStore, connect
+from gandalf_common.config import ProviderConfig
 from gandalf_common.contract import (
     CODE_CLIENT_GONE,
     Cancel,
@@ -21,14 +22,14 @@ from gandalf_common.contract import (
     encode,
 )
 from gandalf_workers.handlers import ProviderPool
-from gandalf_workers.providers.http import UpstreamHTTP
-from gandalf_workers.providers.openai import OpenAIProvider
+from gandalf_workers.providers.registry import build_provider
 
 
 async def _pool(nats_url: str, upstream: Any) -> tuple[Any, ProviderPool, asyncio.Queue[Any]]:
     nc = await connect(nats_url, "worker-cancel-test")
-    http = UpstreamHTTP("p", max_connections=4, connect_timeout=2)
-    provider = OpenAIProvider("p", upstream.base_url, "sk-upstream-secret", http)
+    provider = build_provider(ProviderConfig(name="p", type="openai", base_url=upstream.base_url,
+                                             api_key="sk-upstream-secret", max_concurrency=4,
+                                             timeout_ms=2000))
     pool = ProviderPool(nc, provider, max_concurrency=4, ttfb_timeout=5, bodies=BodyStore(nc))
     ctl: asyncio.Queue[Any] = asyncio.Queue()
 

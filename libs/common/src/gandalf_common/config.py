@@ -135,12 +135,22 @@ class TelemetryConfig(_Base, kw_only=True, frozen=True):
 
 
 class ProviderAuthConfig(_Base, kw_only=True, frozen=True):
-    _secret_fields = frozenset({"api_key", "client_secret"})
+    _secret_fields = frozenset({"api_key", "client_secret", "secret_access_key",
+                                "session_token"})
     type: str = ""  # api_key|gcp_oauth|aws_sigv4|azure_entra; inferred at load
     api_key: str = ""
+    # azure_entra: OAuth2 client credentials.
     tenant_id: str = ""
     client_id: str = ""
     client_secret: str = ""
+    authority_host: str = "https://login.microsoftonline.com"
+    scope: str = ""
+    # gcp_oauth: a credentials file instead of Application Default Credentials.
+    credentials_file: str = ""
+    # aws_sigv4: static credentials instead of botocore's default chain.
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    session_token: str = ""
 
 
 class ProviderConfig(_Base, kw_only=True, frozen=True):
@@ -159,7 +169,10 @@ class ProviderConfig(_Base, kw_only=True, frozen=True):
     hosting: str = ""
     region: str = ""
     project: str = ""
-    api_version: str = ""
+    api_version: str = ""  # azure; "" becomes DEFAULT_AZURE_API_VERSION at load
+    #: Route target model -> the id the upstream wants (Bedrock model ids and
+    #: inference profiles such as ``us.anthropic.claude-3-5-haiku-20241022-v1:0``).
+    model_map: dict[str, str] = {}
     auth: ProviderAuthConfig = msgspec.field(default_factory=ProviderAuthConfig)
 
 
@@ -229,6 +242,11 @@ _BASE_URLS = {
     "ollama": "http://localhost:11434",
 }
 _HOSTINGS = ("", "azure", "vertex", "bedrock")
+#: Which provider types each hosting can carry.
+_HOSTED_TYPES = {"azure": ("openai",), "vertex": ("anthropic", "gemini"),
+                 "bedrock": ("anthropic",)}
+#: Azure OpenAI data-plane API version used when ``api_version`` is not set.
+DEFAULT_AZURE_API_VERSION = "2024-10-21"
 _AUTH_TYPES = ("api_key", "gcp_oauth", "aws_sigv4", "azure_entra")
 _STRATEGIES = ("priority", "weighted", "least-latency")
 _ROLES = ("admin", "member", "viewer", "service_account")
@@ -334,18 +352,48 @@ class _Validator:
                 dropped.add(p.name)
                 continue
             hosting = self.choice(p.hosting.strip().lower(), _HOSTINGS, path + ".hosting")
+            if hosting and ptype not in _HOSTED_TYPES[hosting]:
+                raise self.error(f"hosting {hosting!r} is not available for type {ptype!r} "
+                                 f"(only {', '.join(_HOSTED_TYPES[hosting])})",
+                                 path + ".hosting")
             inferred = {"vertex": "gcp_oauth", "bedrock": "aws_sigv4"}.get(hosting, "api_key")
             auth_type = p.auth.type.strip().lower() or inferred
             self.choice(auth_type, _AUTH_TYPES, path + ".auth.type")
             for f in ("weight", "max_rps", "max_concurrency", "timeout_ms"):
                 self.min(getattr(p, f), 0, f"{path}.{f}")
+            base_url = self.hosted_base_url(p, ptype, hosting, auth_type, path)
             out.append(msgspec.structs.replace(
-                p, type=ptype, hosting=hosting,
-                base_url=(p.base_url.strip() or _BASE_URLS[ptype]).rstrip("/"),
+                p, type=ptype, hosting=hosting, base_url=base_url,
+                api_version=p.api_version.strip() or (DEFAULT_AZURE_API_VERSION
+                                                      if hosting == "azure" else ""),
                 api_key=p.auth.api_key or p.api_key,
                 max_concurrency=p.max_concurrency or 256, timeout_ms=p.timeout_ms or 60000,
                 auth=msgspec.structs.replace(p.auth, type=auth_type)))
         return out, dropped
+
+    def hosted_base_url(self, p: ProviderConfig, ptype: str, hosting: str, auth_type: str,
+                        path: str) -> str:
+        """The base URL, with the cloud defaults and what each hosting requires."""
+        if hosting in ("vertex", "bedrock") and not p.region.strip():
+            raise self.error(f"hosting {hosting} needs a region", path + ".region")
+        if hosting == "vertex" and not p.project.strip():
+            raise self.error("hosting vertex needs a project", path + ".project")
+        if hosting == "azure" and not p.base_url.strip():
+            raise self.error("hosting azure needs base_url (https://<resource>.openai.azure.com)",
+                             path + ".base_url")
+        if auth_type == "azure_entra":
+            for f in ("tenant_id", "client_id", "client_secret"):
+                if not getattr(p.auth, f).strip():
+                    raise self.error("azure_entra auth needs tenant_id, client_id and "
+                                     "client_secret", f"{path}.auth.{f}")
+        base = p.base_url.strip()
+        if not base and hosting == "vertex":
+            region = p.region.strip()
+            base = ("https://aiplatform.googleapis.com" if region == "global"
+                    else f"https://{region}-aiplatform.googleapis.com")
+        elif not base and hosting == "bedrock":
+            base = f"https://bedrock-runtime.{p.region.strip()}.amazonaws.com"
+        return (base or _BASE_URLS[ptype]).rstrip("/")
 
     def routes(self, raw: list[RouteConfig], known: set[str], dropped: set[str]
                ) -> list[RouteConfig]:

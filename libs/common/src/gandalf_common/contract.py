@@ -28,6 +28,7 @@ PREFIX: Final = "gandalf"
 #: ingress -> router, one subject per operation; queue group ROUTER_QUEUE.
 ROUTER_CHAT: Final = "gandalf.router.chat"
 ROUTER_EMBED: Final = "gandalf.router.embed"
+ROUTER_NATIVE: Final = "gandalf.router.native"
 ROUTER_WILDCARD: Final = "gandalf.router.*"
 ROUTER_QUEUE: Final = "router"
 
@@ -49,6 +50,41 @@ INBOX_PREFIX: Final = "_INBOX.gw"
 
 OP_CHAT: Final = "chat"
 OP_EMBED: Final = "embed"
+#: A provider's own API (``/v1/messages``, ``/v1beta/models/*``, ...): the
+#: body is the client's, in that provider's wire format; see :class:`NativeCall`.
+OP_NATIVE: Final = "native"
+
+#: Native wire formats the ingress accepts (``NativeCall.kind``).
+KIND_ANTHROPIC: Final = "anthropic"
+KIND_GEMINI: Final = "gemini"
+KIND_AZURE: Final = "azure"  # OpenAI bodies on Azure-style deployment paths
+KIND_OLLAMA: Final = "ollama"
+
+#: Which native kinds a provider type forwards unchanged. Anthropic Messages
+#: aimed at any other type is translated by the worker (Messages -> OpenAI ->
+#: target), so every type can serve ``KIND_ANTHROPIC``.
+NATIVE_KINDS: Final[dict[str, frozenset[str]]] = {
+    "openai": frozenset({KIND_AZURE, KIND_ANTHROPIC}),
+    "anthropic": frozenset({KIND_ANTHROPIC}),
+    "gemini": frozenset({KIND_GEMINI, KIND_ANTHROPIC}),
+    "ollama": frozenset({KIND_OLLAMA, KIND_AZURE, KIND_ANTHROPIC}),
+}
+
+#: Universal operations per provider type; the router skips a target that
+#: cannot do the op (a clear 400 when none can), never a breaker failure.
+PROVIDER_OPS: Final[dict[str, frozenset[str]]] = {
+    "openai": frozenset({OP_CHAT, OP_EMBED}),
+    "anthropic": frozenset({OP_CHAT}),
+    "gemini": frozenset({OP_CHAT, OP_EMBED}),
+    "ollama": frozenset({OP_CHAT, OP_EMBED}),
+}
+
+
+def serves(provider_type: str, op: str, kind: str = "") -> bool:
+    """Whether a provider of this type can take ``op`` (``kind`` for native)."""
+    if op == OP_NATIVE:
+        return kind in NATIVE_KINDS.get(provider_type, frozenset())
+    return op in PROVIDER_OPS.get(provider_type, frozenset())
 
 
 def provider_subject(instance: str, op: str) -> str:
@@ -90,6 +126,21 @@ class Usage(Struct, frozen=True, kw_only=True, omit_defaults=True):
     cached_tokens: int = 0
 
 
+class NativeCall(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a native-API request needs beyond its body (``op`` = native)."""
+
+    #: ``KIND_*``: the wire format of the client's body and of the answer.
+    kind: str
+    #: Provider-relative action: anthropic ``messages``; gemini
+    #: ``generateContent``/``streamGenerateContent``/``embedContent``/...;
+    #: azure ``chat/completions``/``embeddings``; ollama ``chat``/``embed``/``generate``.
+    action: str
+    #: The client's raw query string (gateway credentials already removed).
+    query: str = ""
+    #: Client headers worth forwarding (``anthropic-beta``, ``anthropic-version``).
+    headers: list[tuple[str, str]] = []
+
+
 class RouteRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """ingress -> router (``gandalf.router.<op>``); the NATS reply subject is
     the ingress inbox that will receive :data:`ReplyMsg` messages."""
@@ -110,6 +161,8 @@ class RouteRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     key_id: str = ""
     org_id: str = ""
     traceparent: str = ""
+    #: Set for ``op`` = native.
+    native: NativeCall | None = None
 
 
 class ExecRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -159,8 +212,19 @@ CODE_CLIENT_GONE: Final = "client_disconnected"
 # --- worker/router -> ingress (reply inbox) -------------------------------
 
 
+class Head(Struct, frozen=True, kw_only=True, tag_field="t", tag="head"):
+    """Native responses only: the status and headers, sent before the body,
+    which follows as raw ``Chunk`` bytes and an ``End``."""
+
+    attempt: int = 0
+    seq: int
+    status: int = 200
+    headers: list[tuple[str, str]] = []
+
+
 class Chunk(Struct, frozen=True, kw_only=True, tag_field="t", tag="chunk"):
-    """One SSE ``data:`` payload (JSON bytes) of a stream."""
+    """One SSE ``data:`` payload (JSON bytes) of a stream; raw body bytes of a
+    native response."""
 
     attempt: int = 0
     seq: int
@@ -203,7 +267,7 @@ class ErrorReply(Struct, frozen=True, kw_only=True, tag_field="t", tag="error"):
     retry_after: float = 0.0
 
 
-ReplyMsg = Chunk | End | Complete | ErrorReply
+ReplyMsg = Head | Chunk | End | Complete | ErrorReply
 
 
 class Cancel(Struct, frozen=True, kw_only=True):

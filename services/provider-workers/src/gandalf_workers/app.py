@@ -13,34 +13,13 @@ from nats.aio.subscription import Subscription
 
 from gandalf_common import contract
 from gandalf_common.bus import BodyStore, serve_pings, unsubscribe_all
-from gandalf_common.config import GatewayConfig, ProviderConfig
+from gandalf_common.config import GatewayConfig
 from gandalf_common.contract import Pong, encode
 
 from .handlers import ProviderPool
-from .providers.base import Provider
-from .providers.http import UpstreamHTTP
-from .providers.openai import OpenAIProvider
+from .providers.registry import build_provider
 
 log = logging.getLogger("gandalf.worker")
-
-#: Provider types this build can serve (more come with their adapters).
-SUPPORTED_TYPES = frozenset({"openai", "ollama"})
-
-
-def make_provider(cfg: ProviderConfig) -> Provider:
-    """The adapter for one provider instance, with its own keep-alive pool.
-
-    httpx on the aiohttp transport: about half the CPU per call of httpx's
-    default transport (measured, see README); the worker is the pipeline's
-    bottleneck. ``timeout_ms`` bounds connect + first byte, never a stream.
-    """
-    http = UpstreamHTTP(cfg.name, max_connections=cfg.max_concurrency,
-                        connect_timeout=cfg.timeout_ms / 1000)
-    if cfg.type == "ollama":
-        # Ollama's OpenAI-compatible API lives under /v1.
-        return OpenAIProvider(cfg.name, cfg.base_url + "/v1", cfg.api_key, http)
-    return OpenAIProvider(cfg.name, cfg.base_url, cfg.api_key, http)
-
 
 def safe_url(url: str) -> str:
     """The URL without credentials or query (some put keys there)."""
@@ -68,11 +47,7 @@ class WorkerService:
     async def start(self, nc: NATS) -> None:
         bodies = BodyStore(nc)
         for pcfg in self.providers:
-            if pcfg.type not in SUPPORTED_TYPES:
-                log.warning("provider %s: type %s is not served by this build", pcfg.name,
-                            pcfg.type)
-                continue
-            pool = ProviderPool(nc, make_provider(pcfg),
+            pool = ProviderPool(nc, build_provider(pcfg),
                                 max_concurrency=pcfg.max_concurrency,
                                 ttfb_timeout=pcfg.timeout_ms / 1000, bodies=bodies)
             self.pools[pcfg.name] = pool

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-from gandalf_common.contract import Usage
+from gandalf_common.contract import NativeCall, Usage
 
 
 class UpstreamFailure(Exception):
@@ -54,6 +54,33 @@ class StreamItem:
         self.usage_only = usage_only
 
 
+class NativeResponse:
+    """A native-API response: status and headers, then the body as raw bytes.
+
+    ``usage`` is filled in by the adapter while ``body`` is read (it sniffs
+    the provider's own usage fields), so it is final once ``body`` is done.
+    A broken upstream stream raises :class:`UpstreamFailure` from ``body``.
+    """
+
+    __slots__ = ("body", "close", "headers", "status", "usage")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]],
+                 body: AsyncIterator[bytes], close: Callable[[], Awaitable[None]]) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.close = close
+        self.usage: Usage | None = None
+
+
+def unsupported(provider: str, what: str) -> UpstreamFailure:
+    """A clear 400 for an operation this provider does not have (never a
+    provider-health failure, and no point in retrying it elsewhere blindly)."""
+    return UpstreamFailure(f"{provider}: {what} is not supported by this provider",
+                           status=400, type="invalid_request_error", code="unsupported",
+                           retryable=False)
+
+
 class Provider(Protocol):
     """An upstream LLM API spoken in OpenAI terms.
 
@@ -69,5 +96,18 @@ class Provider(Protocol):
 
     def stream(self, payload: dict[str, Any], *,
                ttfb_timeout: float) -> AsyncIterator[StreamItem]: ...
+
+    async def list_models(self, *, timeout: float) -> list[str]:
+        """Model ids the upstream offers (its own listing, or a static list)."""
+        ...
+
+    async def native(self, call: NativeCall, body: bytes, target_model: str, *,
+                     stream: bool, ttfb_timeout: float) -> NativeResponse:
+        """Forward a native-API request (``call.kind`` in this type's
+        ``NATIVE_KINDS`` other than the translated anthropic case): ``body``
+        unchanged but for the model, which becomes ``target_model``;
+        credentials are the provider's. Non-200 answers are returned, not
+        raised, so the worker can pass a 4xx through or fail over on 5xx."""
+        ...
 
     async def aclose(self) -> None: ...

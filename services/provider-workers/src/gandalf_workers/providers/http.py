@@ -43,7 +43,11 @@ class UpstreamHTTP:
 
         ``ttfb_timeout`` bounds connect + time to first byte only.
         """
-        request = httpx.Request("POST", url, headers=headers, content=body,
+        return await self.send("POST", url, headers, body, ttfb_timeout)
+
+    async def send(self, method: str, url: httpx.URL, headers: dict[str, str], body: bytes,
+                   ttfb_timeout: float) -> httpx.Response:
+        request = httpx.Request(method, url, headers=headers, content=body,
                                 extensions=self._extensions)
         try:
             async with asyncio.timeout(ttfb_timeout):

@@ -1,7 +1,12 @@
-"""OpenAI and OpenAI-compatible servers (vLLM, LM Studio, ...) via ``base_url``.
+"""OpenAI, Azure OpenAI and OpenAI-compatible servers (vLLM, LM Studio, ...).
 
 Bodies are forwarded as the client sent them (plus the target model), and
 responses are relayed byte for byte: no field is dropped either way.
+
+Azure (``hosting: azure``): ``{base}/openai/deployments/{deployment}/...``
+with ``api-version`` from the config, the deployment being the route
+target's model; a base URL ending in ``/openai/v1`` is Azure's v1 API,
+which takes the model in the body like OpenAI and needs no api-version.
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ from typing import Any
 import httpx
 import msgspec
 
-from gandalf_common.contract import Usage
+from gandalf_common.config import ProviderConfig
+from gandalf_common.contract import KIND_AZURE, NativeCall, Usage
 
-from .base import ProviderResponse, StreamItem, UpstreamFailure
+from .auth import Auth
+from .base import NativeResponse, ProviderResponse, StreamItem, UpstreamFailure, unsupported
 from .http import UpstreamHTTP
-from .sse import SSEError, iter_sse
+from .native import forward, rewrite_model, sniffer_for
+from .streams import SSEError, iter_sse
 
 
 class _UsageView(msgspec.Struct):
@@ -44,6 +52,8 @@ _error_decoder = msgspec.json.Decoder(_ErrorView)
 _json_encode = msgspec.json.Encoder().encode
 
 _PATHS = {"chat": "/chat/completions", "embed": "/embeddings"}
+#: Native Azure-style actions -> universal ops.
+_AZURE_ACTIONS = {"chat/completions": "chat", "embeddings": "embed"}
 #: Retryable upstream statuses: another target may well succeed.
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -88,29 +98,43 @@ def failure_from_response(provider: str, status: int, body: bytes,
 
 
 class OpenAIProvider:
-    """``Provider`` for the OpenAI wire format."""
+    """``Provider`` for the OpenAI wire format (and Azure OpenAI)."""
 
-    def __init__(self, name: str, base_url: str, api_key: str, http: UpstreamHTTP,
-                 *, auth_header: str = "authorization",
-                 query: dict[str, str] | None = None) -> None:
-        self.name = name
+    def __init__(self, cfg: ProviderConfig, http: UpstreamHTTP, auth: Auth) -> None:
+        self.name = cfg.name
         self._http = http
-        base = base_url.rstrip("/")
-        self._urls = {op: httpx.URL(base + path, params=query or None)
-                      for op, path in _PATHS.items()}
+        self._auth = auth
+        base = cfg.base_url.rstrip("/")
+        self._base = base
+        self._models = cfg.model_map
+        self._azure = cfg.hosting == "azure" and not base.endswith("/openai/v1")
+        self._query = {"api-version": cfg.api_version} if self._azure else {}
+        if self._azure and "/openai/deployments/" in base:
+            # The original's sample: one deployment baked into base_url.
+            self._deployment_base = base
+        else:
+            self._deployment_base = ""
+        self._urls = {op: httpx.URL(base + path) for op, path in _PATHS.items()}
         self._headers = {"content-type": "application/json"}
-        if api_key:
-            self._headers[auth_header] = (f"Bearer {api_key}" if auth_header == "authorization"
-                                          else api_key)
+
+    def _url(self, op: str, model: str) -> httpx.URL:
+        path = _PATHS.get(op)
+        if path is None:
+            raise unsupported(self.name, f"operation {op!r}")
+        if not self._azure:
+            return self._urls[op]
+        base = self._deployment_base or f"{self._base}/openai/deployments/{model}"
+        return httpx.URL(base + path, params=self._query)
 
     async def _send(self, op: str, payload: dict[str, Any],
                     ttfb_timeout: float) -> httpx.Response:
-        url = self._urls.get(op)
-        if url is None:
-            raise UpstreamFailure(f"{self.name}: operation {op!r} is not supported", status=400,
-                                  type="invalid_request_error", code="unsupported",
-                                  retryable=False)
-        return await self._http.post(url, self._headers, _json_encode(payload), ttfb_timeout)
+        model = str(payload.get("model", ""))
+        model = payload["model"] = self._models.get(model, model)
+        url = self._url(op, model)
+        body = _json_encode(payload)
+        headers = dict(self._headers)
+        await self._auth.apply("POST", url, headers, body)
+        return await self._http.post(url, headers, body, ttfb_timeout)
 
     async def complete(self, op: str, payload: dict[str, Any], *,
                        ttfb_timeout: float) -> ProviderResponse:
@@ -159,6 +183,36 @@ class OpenAIProvider:
                                   code="upstream_stream_cut") from exc
         finally:
             await response.aclose()
+
+    async def list_models(self, *, timeout: float) -> list[str]:
+        if self._azure:
+            url = httpx.URL(f"{self._base}/openai/models", params=self._query)
+        else:
+            url = httpx.URL(self._base + "/models")
+        headers: dict[str, str] = {}
+        await self._auth.apply("GET", url, headers, b"")
+        response = await self._http.send("GET", url, headers, b"", timeout)
+        try:
+            body = await response.aread()
+        finally:
+            await response.aclose()
+        if response.status_code != 200:
+            raise failure_from_response(self.name, response.status_code, body,
+                                        response.headers)
+        data = msgspec.json.decode(body)
+        return [m["id"] for m in data.get("data", []) if isinstance(m, dict) and "id" in m]
+
+    async def native(self, call: NativeCall, body: bytes, target_model: str, *,
+                     stream: bool, ttfb_timeout: float) -> NativeResponse:
+        """Azure-style deployment paths (``/openai/deployments/{d}/...``): an
+        OpenAI body, sent to this provider's URL for the target deployment."""
+        op = _AZURE_ACTIONS.get(call.action)
+        if call.kind != KIND_AZURE or op is None:
+            raise unsupported(self.name, f"native {call.kind} {call.action}")
+        model = self._models.get(target_model, target_model)
+        return await forward(self.name, self._http, self._auth, self._url(op, model),
+                             dict(self._headers), rewrite_model(body, model),
+                             sniffer_for(KIND_AZURE, stream=stream), ttfb_timeout=ttfb_timeout)
 
     async def aclose(self) -> None:
         await self._http.aclose()

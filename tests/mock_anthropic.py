@@ -1,0 +1,10 @@
+"""The anthropic wire format of the mock upstream, as a mixin of ``MockUpstream``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+class AnthropicRoutes:
+    def _add_anthropic_routes(self, app: web.Application) -> None:
+        """Register this format's routes on the mock's app."""
