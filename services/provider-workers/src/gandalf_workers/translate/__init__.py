@@ -1,0 +1,1 @@
+"""Pure translations between the OpenAI wire format and the providers' own."""
