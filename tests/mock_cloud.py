@@ -16,6 +16,8 @@ from aiohttp import web
 #: AWS credentials the mock accepts: access key id -> secret.
 MOCK_AWS_KEYS = {"AKIDMOCKGANDALF": "mock-aws-secret-key"}
 MOCK_ENTRA_CLIENT = ("mock-client-id", "mock-client-secret")
+#: Azure OpenAI data-plane versions the mock accepts (a real subset).
+AZURE_API_VERSIONS = frozenset({"2024-10-21", "2024-06-01", "2025-04-01-preview"})
 
 
 class CloudRoutes:
@@ -29,6 +31,33 @@ class CloudRoutes:
         self._token_ids = itertools.count(1)
         app.router.add_post("/oauth2/token", self._google_token)
         app.router.add_post("/{tenant}/oauth2/v2.0/token", self._entra_token)
+        for op, handler in (("chat/completions", self._azure_chat),
+                            ("embeddings", self._azure_embeddings)):
+            app.router.add_post(f"/openai/deployments/{{deployment}}/{op}", handler)
+        app.router.add_get("/openai/models", self._azure_models)
+
+    # ------------------------------------------------------------------ azure
+
+    def _azure_denied(self, request: web.Request) -> web.Response | None:
+        """Azure wants ``api-version`` and either ``api-key`` or an Entra bearer."""
+        if request.query.get("api-version") not in AZURE_API_VERSIONS:
+            return web.json_response({"error": {
+                "code": "404", "message": "Resource not found"}}, status=404)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        if headers.get("api-key") == self.api_key or self._check_bearer(headers):  # type: ignore[attr-defined]
+            return None
+        return web.json_response({"error": {
+            "code": "401", "message": "Access denied due to invalid subscription key or wrong "
+                                      "API endpoint."}}, status=401)
+
+    async def _azure_chat(self, request: web.Request) -> web.StreamResponse:
+        return self._azure_denied(request) or await self._chat_completions(request)  # type: ignore[attr-defined]
+
+    async def _azure_embeddings(self, request: web.Request) -> web.StreamResponse:
+        return self._azure_denied(request) or await self._embeddings(request)  # type: ignore[attr-defined]
+
+    async def _azure_models(self, request: web.Request) -> web.StreamResponse:
+        return self._azure_denied(request) or await self._list_models(request)  # type: ignore[attr-defined]
 
     def _issue(self, prefix: str) -> str:
         token = f"{prefix}.mock-{next(self._token_ids)}-{secrets.token_hex(4)}"

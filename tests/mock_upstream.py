@@ -244,6 +244,10 @@ class MockUpstream(OpenAIRoutes, AnthropicRoutes, GeminiRoutes, OllamaRoutes, Cl
             path = "/v1" + (path if path.startswith("/") else "/" + path)
         return [r for r in self.requests if r.path == path]
 
+    def requests_to_prefix(self, prefix: str) -> list[RequestRecord]:
+        """Received requests whose path starts with ``prefix`` (any API)."""
+        return [r for r in self.requests if r.path.startswith(prefix)]
+
     def clear_requests(self) -> None:
         with self._lock:
             self._requests.clear()

@@ -335,6 +335,15 @@ def _convert(tp: Any, node: Node, path: str, ctx: ConvertContext) -> Any:
             ctx.lines[f"{path}[{i}]"] = line_of(n)
             out.append(_convert(item_tp, n, f"{path}[{i}]", ctx))
         return out
+    if get_origin(tp) is dict:
+        if not isinstance(node, MappingNode):
+            raise ctx.error(f"expected a mapping, got {_show(node)}", path, node)
+        key_tp, value_tp = get_args(tp)
+        mapping = {}
+        for k, v in mapping_items(node, ctx.loader, path, ctx.source):
+            key = _scalar(key_tp, k, path, ctx)
+            mapping[key] = _convert(value_tp, v, f"{path}.{key}", ctx)
+        return mapping
     return _scalar(tp, node, path, ctx)
 
 

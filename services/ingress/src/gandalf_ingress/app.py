@@ -26,6 +26,7 @@ from .handlers import Gateway, ModelsEndpoint, ProxyEndpoint
 from .inbox import ReplyInbox
 from .metrics import render
 from .middleware import EdgeMiddleware
+from .native import NativeEndpoint, NativeModelsEndpoint
 from .relay import Relay
 
 log = logging.getLogger("gandalf.ingress")
@@ -135,10 +136,27 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
 
     chat = ProxyEndpoint(gateway, contract.OP_CHAT)
     embeddings = ProxyEndpoint(gateway, contract.OP_EMBED)
+    anthropic = NativeEndpoint(gateway, contract.KIND_ANTHROPIC)
+    azure = NativeEndpoint(gateway, contract.KIND_AZURE)
+    models = ModelsEndpoint(gateway, anthropic=NativeModelsEndpoint(gateway,
+                                                                   contract.KIND_ANTHROPIC))
     routes = [
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
-        Route("/v1/models", ModelsEndpoint(gateway), methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        # Native provider APIs, through the same pipeline.
+        Route("/v1/messages", anthropic, methods=["POST"]),
+        Route("/v1/messages/count_tokens", anthropic, methods=["POST"]),
+        Route("/v1beta/models", NativeModelsEndpoint(gateway, contract.KIND_GEMINI),
+              methods=["GET"]),
+        Route("/v1beta/models/{target:path}", NativeEndpoint(gateway, contract.KIND_GEMINI),
+              methods=["POST"]),
+        Route("/openai/deployments/{deployment}/chat/completions", azure, methods=["POST"]),
+        Route("/openai/deployments/{deployment}/embeddings", azure, methods=["POST"]),
+        Route("/api/tags", NativeModelsEndpoint(gateway, contract.KIND_OLLAMA),
+              methods=["GET"]),
+        Route("/api/{action}", NativeEndpoint(gateway, contract.KIND_OLLAMA),
+              methods=["POST"]),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
     ]
@@ -147,7 +165,7 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: method_not_allowed})
     app.state.readiness = readiness
-    fast = {"/v1/chat/completions": chat, "/v1/embeddings": embeddings}
+    fast = {"/v1/chat/completions": chat, "/v1/embeddings": embeddings, "/v1/messages": anthropic}
     return EdgeMiddleware(app, fast)  # type: ignore[return-value]
 
 

@@ -165,11 +165,17 @@ class ProxyEndpoint:
 class ModelsEndpoint:
     """``GET /v1/models``: the route aliases this key may call (no upstream calls)."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, *, anthropic: Any = None) -> None:
         self.gw = gateway
         self._created = int(time.time())
+        #: Anthropic's SDK lists models on the same path; it always sends
+        #: ``anthropic-version``, which OpenAI clients never do.
+        self._anthropic = anthropic
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._anthropic is not None and header(scope, b"anthropic-version") is not None:
+            await self._anthropic(scope, receive, send)
+            return
         try:
             identity = self.gw.keys.authenticate(authorization(scope))
         except GatewayError as exc:

@@ -22,7 +22,21 @@ _SECURITY = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DEN
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 #: Known paths are their own metric label; anything else is one label, so
 #: random URLs cannot blow up metric cardinality.
-KNOWN_PATHS = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/models"})
+KNOWN_PATHS = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/models",
+                         "/v1/messages", "/v1/messages/count_tokens", "/v1beta/models",
+                         "/api/chat", "/api/generate", "/api/embed", "/api/tags"})
+#: Native paths with parameters: one label per API.
+_PREFIX_LABELS = (("/v1beta/models/", "/v1beta/models/{model}"),
+                  ("/openai/deployments/", "/openai/deployments/{deployment}"))
+
+
+def path_label(path: str) -> str:
+    if path in KNOWN_PATHS:
+        return path
+    for prefix, label in _PREFIX_LABELS:
+        if path.startswith(prefix):
+            return label
+    return "other"
 
 
 def uuid7() -> str:
@@ -55,7 +69,7 @@ class EdgeMiddleware:
         self._histograms: dict[tuple[str, str], Any] = {}
 
     def _record(self, method: str, path: str, status: int, elapsed: float) -> None:
-        label = path if path in KNOWN_PATHS else "other"
+        label = path_label(path)
         counter = self._counters.get((method, label, status))
         if counter is None:
             counter = REQUESTS.labels(method, label, str(status))

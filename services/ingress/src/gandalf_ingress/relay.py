@@ -23,11 +23,13 @@ from gandalf_common.contract import (
     Complete,
     End,
     ErrorReply,
+    Head,
     RouteRequest,
     encode,
 )
 from gandalf_common.errors import error_body
 
+from .formats import native_error_body, native_stream_error
 from .inbox import ReplyInbox, ReplySlot
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -237,3 +239,99 @@ async def _watch_disconnect(receive: Receive, slot: ReplySlot) -> None:
             slot.push(CLIENT_GONE)
             return
 
+
+
+class NativeRelay:
+    """Relays a native-API answer: ``Head`` (status, headers), raw ``Chunk``
+    bytes, ``End``. Nothing is added to the bytes (no keep-alives: the
+    format is the provider's), and errors take the native API's shape."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    async def __call__(self, req: RouteRequest, send: Send, receive: Receive) -> int:
+        relay = self.relay
+        slot = relay.inbox.open()
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, slot))
+        try:
+            error = await relay._publish(req, slot)
+            if error is not None:
+                return await send_native_error(send, req, error)
+            status = await self._pump(req, slot, send)
+        finally:
+            relay.inbox.close(slot)
+            watcher.cancel()
+        if status == 499:
+            await relay.cancel(req.request_id)
+        return status
+
+    async def _pump(self, req: RouteRequest, slot: ReplySlot, send: Send) -> int:
+        relay = self.relay
+        status = 0
+        locked = -1
+        expected = 0
+        silent = 0.0
+        while True:
+            wait = relay.keepalive
+            if not status:
+                wait = min(wait, max(0.001, req.deadline - time.time()))
+            msg = await slot.get(wait)
+            if msg is None:
+                silent += wait
+                if not status and time.time() >= req.deadline:
+                    await relay.cancel(req.request_id)
+                    return await send_native_error(send, req, ErrorReply(
+                        status=504, code="timeout", type="timeout_error",
+                        message="the upstream did not answer before the deadline"))
+                if status and silent >= relay.idle_timeout:
+                    await relay.cancel(req.request_id)
+                    msg = ErrorReply(status=504, code="stream_idle_timeout",
+                                     message="the upstream stream went silent")
+                else:
+                    continue
+            silent = 0.0
+            if msg is CLIENT_GONE:
+                return 499
+            if isinstance(msg, ErrorReply):
+                if not status:
+                    return await send_native_error(send, req, msg)
+                return await self._fail_started(req, send, status, msg)
+            if locked == -1:
+                locked = msg.attempt
+            elif msg.attempt != locked:
+                continue
+            if msg.seq != expected:
+                if not status:
+                    return await send_native_error(send, req, _LOST)
+                return await self._fail_started(req, send, status, _LOST)
+            expected += 1
+            if isinstance(msg, Head):
+                status = msg.status
+                await send({"type": "http.response.start", "status": status,
+                            "headers": [(k.encode("latin-1"), v.encode("latin-1"))
+                                        for k, v in msg.headers]})
+            elif isinstance(msg, Chunk) and status:
+                await send({"type": "http.response.body", "body": msg.data,
+                            "more_body": True})
+            elif isinstance(msg, End | Complete):
+                if not status:  # an empty answer; cannot happen with a sane worker
+                    return await send_native_error(send, req, _LOST)
+                await send({"type": "http.response.body", "body": b""})
+                return status
+
+    async def _fail_started(self, req: RouteRequest, send: Send, status: int,
+                            err: ErrorReply) -> int:
+        if req.stream:
+            kind = req.native.kind if req.native else ""
+            await send({"type": "http.response.body", "body": native_stream_error(
+                kind, err.status, err.message, type=err.type, code=err.code)})
+            return status
+        # Half a JSON body cannot be repaired: leave the response unfinished so
+        # the server drops the connection and the client sees a failure.
+        return 502
+
+
+async def send_native_error(send: Send, req: RouteRequest, err: ErrorReply) -> int:
+    kind = req.native.kind if req.native else ""
+    return await send_json_error(send, err.status, native_error_body(
+        kind, err.status, err.message, type=err.type, code=err.code), err.retry_after)

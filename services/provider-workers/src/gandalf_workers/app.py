@@ -49,7 +49,8 @@ class WorkerService:
         for pcfg in self.providers:
             pool = ProviderPool(nc, build_provider(pcfg),
                                 max_concurrency=pcfg.max_concurrency,
-                                ttfb_timeout=pcfg.timeout_ms / 1000, bodies=bodies)
+                                ttfb_timeout=pcfg.timeout_ms / 1000, bodies=bodies,
+                                provider_type=pcfg.type)
             self.pools[pcfg.name] = pool
             queue = contract.provider_queue(pcfg.name)
             self._subs.append(await nc.subscribe(

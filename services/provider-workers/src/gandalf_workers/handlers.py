@@ -34,6 +34,7 @@ from gandalf_common.contract import (
     exec_decoder,
 )
 
+from .native_exec import run_native
 from .providers.base import Provider, UpstreamFailure
 
 log = logging.getLogger("gandalf.worker")
@@ -48,9 +49,10 @@ class ProviderPool:
     """All in-flight calls of one provider instance in this process."""
 
     def __init__(self, nc: NATS, provider: Provider, *, max_concurrency: int,
-                 ttfb_timeout: float, bodies: BodyStore) -> None:
+                 ttfb_timeout: float, bodies: BodyStore, provider_type: str = "openai") -> None:
         self.nc = nc
         self.provider = provider
+        self.provider_type = provider_type
         self.max_concurrency = max_concurrency
         self.ttfb_timeout = ttfb_timeout
         self.bodies = bodies
@@ -126,10 +128,13 @@ class ProviderPool:
             return self.ttfb_timeout
         return max(0.001, min(self.ttfb_timeout, req.route.deadline - time.time()))
 
+    async def _body(self, req: ExecRequest) -> bytes:
+        route = req.route
+        return route.body if not route.body_ref else await self.bodies.get(route.body_ref)
+
     async def _payload(self, req: ExecRequest) -> dict[str, Any]:
         route = req.route
-        body = route.body if not route.body_ref else await self.bodies.get(route.body_ref)
-        payload = _json_decode(body)
+        payload = _json_decode(await self._body(req))
         payload["model"] = req.target_model
         if route.op == contract.OP_CHAT:
             # What the ingress validated and routed on is what goes upstream.
@@ -145,6 +150,9 @@ class ProviderPool:
 
     async def _run(self, req: ExecRequest, ctl: str) -> None:
         try:
+            if req.route.op == contract.OP_NATIVE:
+                await run_native(self, req, ctl, await self._body(req))
+                return
             payload = await self._payload(req)
             if req.route.stream:
                 await self._stream(req, ctl, payload)

@@ -70,6 +70,15 @@ class RouterService:
             await nc.publish(reply_to, encode(ErrorReply(
                 status=404, type="invalid_request_error", code=err.code, message=err.message)))
             return
+        kind = req.native.kind if req.native is not None else ""
+        able = self.table.able(targets, req.op, kind)
+        if targets and not able:
+            what = f"the {kind} API" if kind else f"the {req.op} operation"
+            await nc.publish(reply_to, encode(ErrorReply(
+                status=400, type="invalid_request_error", code="unsupported",
+                message=f"no provider of model {req.model!r} supports {what}")))
+            return
+        targets = able
         failures: list[Failed] = []
         attempt = 0
         for attempt, target in enumerate(targets):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gandalf_common.config import GatewayConfig, RouteTargetConfig
-from gandalf_common.contract import ErrorReply, Failed
+from gandalf_common.contract import ErrorReply, Failed, serves
 
 
 class RouteTable:
@@ -14,6 +14,7 @@ class RouteTable:
 
     def __init__(self, cfg: GatewayConfig) -> None:
         enabled = {p.name for p in cfg.providers if p.enabled}
+        self._types = {p.name: p.type for p in cfg.providers}
         self._targets: dict[str, list[RouteTargetConfig]] = {
             route.model_alias: [t for t in route.targets if t.provider in enabled]
             for route in cfg.routes
@@ -22,6 +23,13 @@ class RouteTable:
     def targets(self, alias: str) -> list[RouteTargetConfig] | None:
         """``None`` when no route exists; an empty list when no target is enabled."""
         return self._targets.get(alias)
+
+    def able(self, targets: list[RouteTargetConfig], op: str,
+             kind: str = "") -> list[RouteTargetConfig]:
+        """The targets whose provider type can serve ``op`` (and native ``kind``):
+        skipped without a round trip, so e.g. embeddings on a route that
+        starts with Anthropic go straight to the next target."""
+        return [t for t in targets if serves(self._types.get(t.provider, ""), op, kind)]
 
     def aliases(self) -> list[str]:
         return sorted(self._targets)

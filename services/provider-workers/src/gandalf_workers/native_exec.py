@@ -1,0 +1,198 @@
+"""Worker side of native-API requests (``op`` = native).
+
+Two ways to serve one:
+
+- passthrough: the provider speaks the client's format (``/v1/messages`` to
+  Anthropic, ``/v1beta/models/*`` to Gemini, ...): the adapter forwards the
+  body and the answer goes back byte for byte as ``Head`` + ``Chunk``... + ``End``;
+- translated: Anthropic Messages aimed at another type: Messages -> OpenAI
+  -> the adapter's own translation, and back to Anthropic's JSON or SSE.
+
+Either way the first byte is read from the upstream before ``Head`` is sent,
+so a target that fails before answering can still be failed over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from gandalf_common.bus import inline_limit
+from gandalf_common.contract import (
+    KIND_ANTHROPIC,
+    Chunk,
+    End,
+    ErrorReply,
+    ExecRequest,
+    Head,
+    Started,
+    Usage,
+    encode,
+)
+
+from .providers.base import UpstreamFailure
+from .providers.openai import RETRYABLE_STATUS
+
+if TYPE_CHECKING:
+    from .handlers import ProviderPool
+
+_json_decode = msgspec.json.Decoder(dict[str, Any]).decode
+_SSE = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
+_JSON = [("content-type", "application/json")]
+
+
+def translated(provider_type: str, kind: str) -> bool:
+    """Anthropic Messages on a non-Anthropic provider goes through OpenAI terms."""
+    return kind == KIND_ANTHROPIC and provider_type != "anthropic"
+
+
+class _Out:
+    """Publishes one native answer to the ingress inbox in order."""
+
+    def __init__(self, pool: ProviderPool, req: ExecRequest, ctl: str) -> None:
+        self.pool = pool
+        self.req = req
+        self.ctl = ctl
+        self.seq = 0
+        self.limit = inline_limit(pool.nc)
+
+    async def _pub(self, msg: Head | Chunk | End | ErrorReply) -> None:
+        await self.pool.nc.publish(self.req.reply_to, encode(msg))
+        self.seq += 1
+
+    async def head(self, status: int, headers: list[tuple[str, str]]) -> None:
+        await self._pub(Head(attempt=self.req.attempt, seq=self.seq, status=status,
+                             headers=headers))
+        await self.pool._ctl(self.ctl, Started(attempt=self.req.attempt))
+
+    async def data(self, data: bytes) -> None:
+        for start in range(0, len(data), self.limit):
+            await self._pub(Chunk(attempt=self.req.attempt, seq=self.seq,
+                                  data=data[start:start + self.limit]))
+
+    async def end(self, usage: Usage | None) -> None:
+        await self._pub(End(attempt=self.req.attempt, seq=self.seq, usage=usage,
+                            provider=self.req.provider, model=self.req.target_model))
+
+    async def error(self, exc: UpstreamFailure) -> None:
+        await self._pub(ErrorReply(attempt=self.req.attempt, seq=self.seq, status=exc.status,
+                                   type=exc.type, code=exc.code, message=exc.message))
+
+
+async def run_native(pool: ProviderPool, req: ExecRequest, ctl: str, body: bytes) -> None:
+    call = req.route.native
+    assert call is not None
+    out = _Out(pool, req, ctl)
+    if translated(pool.provider_type, call.kind):
+        await _translated(pool, req, out, body)
+    else:
+        await _passthrough(pool, req, out, body)
+
+
+async def _passthrough(pool: ProviderPool, req: ExecRequest, out: _Out, body: bytes) -> None:
+    call = req.route.native
+    assert call is not None
+    resp = await pool.provider.native(call, body, req.target_model, stream=req.route.stream,
+                                      ttfb_timeout=pool._remaining(req))
+    try:
+        if resp.status != 200:
+            data = b"".join([chunk async for chunk in resp.body])
+            if resp.status in RETRYABLE_STATUS:
+                # Another target may well answer: fail over (the router decides).
+                raise _failure(pool.provider.name, resp.status, data, resp.headers)
+            # The client's request is wrong for this API: show it the
+            # provider's own error, as that API's clients expect.
+            await out.head(resp.status, resp.headers)
+            await out.data(data)
+            await out.end(None)
+            return
+        chunks = resp.body.__aiter__()
+        first = await _first(chunks)  # failures up to here can fail over
+        await out.head(200, resp.headers)
+        try:
+            if first:
+                await out.data(first)
+            async for chunk in chunks:
+                await out.data(chunk)
+        except UpstreamFailure as exc:
+            await out.error(exc)
+            return
+        await out.end(resp.usage)
+    finally:
+        await resp.close()
+
+
+async def _first(chunks: AsyncIterator[bytes]) -> bytes:
+    try:
+        return await chunks.__anext__()
+    except StopAsyncIteration:
+        return b""
+
+
+def _failure(provider: str, status: int, data: bytes,
+             headers: list[tuple[str, str]]) -> UpstreamFailure:
+    import httpx
+
+    from .providers.openai import parse_retry_after
+
+    message = data[:300].decode("utf-8", "replace")
+    return UpstreamFailure(f"{provider}: upstream returned {status}: {message}", status=status,
+                           type="rate_limit_error" if status == 429 else "api_error",
+                           retryable=True, retry_after=parse_retry_after(httpx.Headers(headers)))
+
+
+async def _translated(pool: ProviderPool, req: ExecRequest, out: _Out, body: bytes) -> None:
+    from .translate.messages_in import (
+        MessagesInputError,
+        MessagesStreamEncoder,
+        messages_to_openai,
+        openai_to_message,
+    )
+
+    call = req.route.native
+    assert call is not None
+    if call.action != "messages":
+        raise UpstreamFailure(f"{pool.provider.name}: {call.action} needs an Anthropic "
+                              "provider", status=400, type="invalid_request_error",
+                              code="unsupported", retryable=False)
+    try:
+        payload = messages_to_openai(_json_decode(body), req.target_model)
+    except (MessagesInputError, msgspec.DecodeError) as exc:
+        raise UpstreamFailure(str(exc), status=400, type="invalid_request_error",
+                              code="invalid_request", retryable=False) from exc
+    payload["model"] = req.target_model
+    timeout = pool._remaining(req)
+    if not req.route.stream:
+        payload["stream"] = False
+        result = await pool.provider.complete("chat", payload, ttfb_timeout=timeout)
+        await out.head(200, _JSON)
+        await out.data(openai_to_message(result.body, req.route.model))
+        await out.end(result.usage)
+        return
+    payload["stream"] = True
+    payload["stream_options"] = {"include_usage": True}
+    encoder = MessagesStreamEncoder(req.route.model)
+    usage: Usage | None = None
+    items = pool.provider.stream(payload, ttfb_timeout=timeout).__aiter__()
+    started = False
+    try:
+        async for item in items:
+            if item.usage is not None:
+                usage = item.usage
+            data = encoder.feed(item.data) if item.data is not None else b""
+            if not started:
+                await out.head(200, _SSE)
+                started = True
+            if data:
+                await out.data(data)
+    except UpstreamFailure as exc:
+        if not started:
+            raise
+        await out.error(exc)
+        return
+    if not started:
+        await out.head(200, _SSE)
+    await out.data(encoder.finish(usage))
+    await out.end(usage)
