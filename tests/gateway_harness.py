@@ -21,6 +21,10 @@ LIMITED_KEY = "gnd_test_limited_key"
 UPSTREAM_KEY = "sk-upstream-secret"
 
 
+#: Providers with a worker in the test gateway ("ghost" has none on purpose).
+SERVED = ["primary", "secondary", "quick", "azure"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -29,6 +33,7 @@ def free_port() -> int:
 
 def gateway_yaml(port: int, upstream: str, *, extra_server: str = "") -> str:
     """Routes exercise the mock's fault directives through the target model."""
+    root = upstream.removesuffix("/v1")
     return f"""
 server:
   addr: "127.0.0.1:{port}"
@@ -59,7 +64,23 @@ providers:
     base_url: {upstream}
     api_key: {UPSTREAM_KEY}
     timeout_ms: 500
+  - name: azure
+    type: openai
+    hosting: azure
+    base_url: {root}
+    api_key: {UPSTREAM_KEY}
+    timeout_ms: 5000
 routes:
+  - model_alias: azure-gpt
+    targets: [{{provider: azure, model: dep-4o}}]
+  - model_alias: azure-failover
+    targets:
+      - {{provider: azure, model: fail-503, priority: 1}}
+      - {{provider: azure, model: dep-after-503, priority: 2}}
+  - model_alias: azure-bad
+    targets:
+      - {{provider: azure, model: fail-400}}
+      - {{provider: azure, model: never-called-azure}}
   - model_alias: m
     targets: [{{provider: primary, model: ok}}]
   - model_alias: emb
@@ -146,7 +167,7 @@ async def start_gateway(nats_url: str, upstream_base: str, **kw: str) -> Running
     nc = await connect(nats_url, "gandalf-test")
     router = RouterService(cfg)
     # No worker serves "ghost": the router must see "no responders".
-    workers = WorkerService(cfg, ["primary", "secondary", "quick"])
+    workers = WorkerService(cfg, SERVED)
     await router.start(nc)
     await workers.start(nc)
     stop = asyncio.Event()
