@@ -251,8 +251,13 @@ async def _raw_stream(gw: Any, model: str, **extra: Any) -> tuple[int, str]:
 
 async def test_failure_after_first_chunk_is_an_error_event(gateway: Any,
                                                            upstream: Any) -> None:
+    from gandalf_ingress.metrics import STREAM_ERRORS
+
+    before = STREAM_ERRORS.labels("upstream_stream_cut")._value.get()
     status, text = await _raw_stream(gateway, "cut")
     assert status == 200
+    # Counted as a failure, though the status line said 200.
+    assert STREAM_ERRORS.labels("upstream_stream_cut")._value.get() == before + 1
     assert text.count("data: {") >= 3
     assert "event: error" in text and text.rstrip().endswith("data: [DONE]")
     error = json.loads(text.split("event: error\ndata: ")[1].split("\n")[0])

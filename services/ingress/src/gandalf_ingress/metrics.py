@@ -25,3 +25,7 @@ CLIENT_DISCONNECTS = Counter("gandalf_client_disconnects_total", "Clients that w
 
 def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+STREAM_ERRORS = Counter("gandalf_stream_errors_total", "Responses that had started and then "
+                        "ended with an error (cut or malformed upstream stream, idle "
+                        "timeout), by code: a failure even though the HTTP status was 200",
+                        ["code"], registry=REGISTRY)

@@ -31,6 +31,7 @@ from gandalf_common.errors import error_body
 
 from .formats import native_error_body, native_stream_error
 from .inbox import ReplyInbox, ReplySlot
+from .metrics import STREAM_ERRORS
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -212,6 +213,7 @@ class Relay:
 
 
 def _sse_error(msg: ErrorReply) -> bytes:
+    STREAM_ERRORS.labels(msg.code or "error").inc()
     body = error_body(msg.status, msg.message, type=msg.type or "stream_error", code=msg.code)
     return b"event: error\ndata: " + body + b"\n\n"
 
@@ -321,6 +323,7 @@ class NativeRelay:
 
     async def _fail_started(self, req: RouteRequest, send: Send, status: int,
                             err: ErrorReply) -> int:
+        STREAM_ERRORS.labels(err.code or "error").inc()
         if req.stream:
             kind = req.native.kind if req.native else ""
             await send({"type": "http.response.body", "body": native_stream_error(
