@@ -78,6 +78,8 @@ class OpenAIRoutes:
             "completion_tokens": len(words),
             "total_tokens": prompt_tokens + len(words),
         }
+        if "cached" in model:  # prompt caching, reported as OpenAI does
+            usage["prompt_tokens_details"] = {"cached_tokens": prompt_tokens // 2}
         completion_id = f"chatcmpl-mock-{next(self._ids)}"
         created = int(time.time())
         if stream:

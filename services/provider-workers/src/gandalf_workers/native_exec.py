@@ -143,6 +143,11 @@ def _failure(provider: str, status: int, data: bytes,
                            retryable=True, retry_after=parse_retry_after(httpx.Headers(headers)))
 
 
+def _invalid(provider: str) -> UpstreamFailure:
+    return UpstreamFailure(f"{provider}: upstream answer could not be translated to "
+                           "Anthropic Messages", code="upstream_invalid_response")
+
+
 async def _translated(pool: ProviderPool, req: ExecRequest, out: _Out, body: bytes) -> None:
     from .translate.messages_in import (
         MessagesInputError,
@@ -167,8 +172,12 @@ async def _translated(pool: ProviderPool, req: ExecRequest, out: _Out, body: byt
     if not req.route.stream:
         payload["stream"] = False
         result = await pool.provider.complete("chat", payload, ttfb_timeout=timeout)
+        try:
+            message = openai_to_message(result.body, req.route.model)
+        except ValueError as exc:  # the upstream's answer, not the client's request
+            raise _invalid(pool.provider.name) from exc
         await out.head(200, _JSON)
-        await out.data(openai_to_message(result.body, req.route.model))
+        await out.data(message)
         await out.end(result.usage)
         return
     payload["stream"] = True
@@ -181,7 +190,10 @@ async def _translated(pool: ProviderPool, req: ExecRequest, out: _Out, body: byt
         async for item in items:
             if item.usage is not None:
                 usage = item.usage
-            data = encoder.feed(item.data) if item.data is not None else b""
+            try:
+                data = encoder.feed(item.data) if item.data is not None else b""
+            except ValueError as exc:
+                raise _invalid(pool.provider.name) from exc
             if not started:
                 await out.head(200, _SSE)
                 started = True

@@ -27,13 +27,32 @@ from .native import forward, rewrite_model, sniffer_for
 from .streams import SSEError, iter_sse
 
 
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: int | None = 0
+
+
+class _OpenAIUsage(msgspec.Struct):
+    prompt_tokens: int | None = 0
+    completion_tokens: int | None = 0
+    total_tokens: int | None = 0
+    #: Cached prompt tokens live here in OpenAI's shape.
+    prompt_tokens_details: _PromptDetails | None = None
+
+    def to_usage(self) -> Usage:
+        details = self.prompt_tokens_details
+        return Usage(prompt_tokens=self.prompt_tokens or 0,
+                     completion_tokens=self.completion_tokens or 0,
+                     total_tokens=self.total_tokens or 0,
+                     cached_tokens=(details.cached_tokens or 0) if details else 0)
+
+
 class _UsageView(msgspec.Struct):
-    usage: Usage | None = None
+    usage: _OpenAIUsage | None = None
 
 
 class _ChunkView(msgspec.Struct):
     choices: list[msgspec.Raw] | None = None
-    usage: Usage | None = None
+    usage: _OpenAIUsage | None = None
 
 
 class _ErrorDetail(msgspec.Struct):
@@ -149,7 +168,8 @@ class OpenAIProvider:
         if response.status_code != 200:
             raise failure_from_response(self.name, response.status_code, body, response.headers)
         try:
-            usage = _usage_decoder.decode(body).usage
+            view = _usage_decoder.decode(body).usage
+            usage = view.to_usage() if view is not None else None
         except msgspec.DecodeError as exc:
             raise UpstreamFailure(f"{self.name}: upstream sent invalid JSON", status=502,
                                   code="upstream_invalid_response") from exc
@@ -173,8 +193,8 @@ class OpenAIProvider:
                 except msgspec.DecodeError as exc:
                     raise UpstreamFailure(f"{self.name}: invalid stream chunk",
                                           code="upstream_invalid_response") from exc
-                yield StreamItem(data, view.usage,
-                                 view.usage is not None and not view.choices)
+                usage = view.usage.to_usage() if view.usage is not None else None
+                yield StreamItem(data, usage, usage is not None and not view.choices)
             if not done:
                 raise UpstreamFailure(f"{self.name}: stream ended without [DONE]",
                                       code="upstream_stream_cut")
