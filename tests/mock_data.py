@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import struct
 from typing import Any
 
@@ -90,3 +91,26 @@ def _error_type_and_code(status: int) -> tuple[str, str | None]:
     if 400 <= status < 500:
         return "invalid_request_error", None
     return "server_error", None
+
+
+def mock_tool_call(body: dict[str, Any], index: int = 1) -> dict[str, Any] | None:
+    """The call a tool-using model makes: when ``tools`` are offered and the
+    conversation ends with a user turn, call the first tool with every required
+    property set to ``"mock"``. ``None`` when the model should answer in text."""
+    tools = body.get("tools")
+    messages = body.get("messages")
+    if not tools or not isinstance(messages, list) or not messages:
+        return None
+    if body.get("tool_choice") == "none" or messages[-1].get("role") != "user":
+        return None
+    function = tools[0].get("function", {}) if isinstance(tools[0], dict) else {}
+    required = (function.get("parameters") or {}).get("required") or []
+    return {"id": f"call_mock_{index}", "name": function.get("name", "tool"),
+            "arguments": json.dumps({name: "mock" for name in required})}
+
+
+def mock_tool_result_words(messages: list[Any]) -> list[str] | None:
+    """After a tool result the model answers about it."""
+    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+        return ["tool", "said:", *_content_text(messages[-1].get("content")).split()]
+    return None

@@ -19,6 +19,8 @@ from mock_data import (
     count_prompt_tokens,
     mock_embedding,
     mock_reply_words,
+    mock_tool_call,
+    mock_tool_result_words,
 )
 from mock_faults import Fault, RequestRecord, _ClientGone
 
@@ -67,8 +69,11 @@ class OpenAIRoutes:
         if error is not None:
             return error
 
-        words = mock_reply_words(messages, fault.words)
-        finish_reason = "stop"
+        words = mock_tool_result_words(messages) or mock_reply_words(messages, fault.words)
+        tool_call = mock_tool_call(body, next(self._ids))
+        finish_reason = "tool_calls" if tool_call else "stop"
+        if tool_call:
+            words = []
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         if isinstance(max_tokens, int) and 0 < max_tokens < len(words):
             words, finish_reason = words[:max_tokens], "length"
@@ -96,6 +101,7 @@ class OpenAIRoutes:
                 words,
                 finish_reason,
                 usage if include_usage else None,
+                tool_call,
             )
         payload = {
             "id": completion_id,
@@ -106,7 +112,15 @@ class OpenAIRoutes:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": " ".join(words), "refusal": None},
+                    "message": {
+                        "role": "assistant",
+                        "content": " ".join(words) if not tool_call else None,
+                        "refusal": None,
+                        **({"tool_calls": [{"id": tool_call["id"], "type": "function",
+                                            "function": {"name": tool_call["name"],
+                                                         "arguments": tool_call["arguments"]}}]}
+                           if tool_call else {}),
+                    },
                     "logprobs": None,
                     "finish_reason": finish_reason,
                 }
@@ -127,6 +141,7 @@ class OpenAIRoutes:
         words: list[str],
         finish_reason: str,
         usage: dict[str, int] | None,
+        tool_call: dict[str, Any] | None = None,
     ) -> web.StreamResponse:
         record: RequestRecord = request[_RECORD_KEY]
         closed: asyncio.Event = request[_CLOSED_KEY]
@@ -151,6 +166,16 @@ class OpenAIRoutes:
             json.dumps(chunk({"content": w if i == 0 else " " + w}, None))
             for i, w in enumerate(words)
         ]
+        if tool_call:
+            # As OpenAI streams calls: id and name first, then argument fragments.
+            args = tool_call["arguments"]
+            half = len(args) // 2
+            first = {"index": 0, "id": tool_call["id"], "type": "function",
+                     "function": {"name": tool_call["name"], "arguments": ""}}
+            events.append(json.dumps(chunk({"tool_calls": [first]}, None)))
+            for part in (args[:half], args[half:]):
+                events.append(json.dumps(chunk(
+                    {"tool_calls": [{"index": 0, "function": {"arguments": part}}]}, None)))
         events.append(json.dumps(chunk({}, finish_reason)))
         if usage is not None:
             usage_chunk = chunk({}, None)
