@@ -232,6 +232,9 @@ class NDJSONSniffer:
             raise UpstreamFailure("upstream sent an invalid NDJSON line",
                                   code="upstream_invalid_response") from exc
         if isinstance(data, dict):
+            if isinstance(data.get("error"), str):  # Ollama reports mid-stream errors so
+                raise UpstreamFailure(f"upstream stream error: {data['error']}",
+                                      code="upstream_error")
             usage = self._on_line(data)
             if usage is not None:
                 self.usage = usage

@@ -18,6 +18,7 @@ import httpx
 import msgspec
 
 from gandalf_common.config import ProviderConfig
+from gandalf_common.errors import error_type_for
 from gandalf_common.contract import KIND_AZURE, NativeCall, Usage
 
 from .auth import Auth
@@ -110,8 +111,7 @@ def failure_from_response(provider: str, status: int, body: bytes,
         message = body[:512].decode("utf-8", "replace")
     text = f"{provider}: upstream returned {status}" + (f": {message}" if message else "")
     return UpstreamFailure(
-        text, status=status, type=etype or ("api_error" if status >= 500 else
-                                            "invalid_request_error"),
+        text, status=status, type=etype or error_type_for(status),
         code=code, retryable=status in RETRYABLE_STATUS,
         retry_after=parse_retry_after(headers))
 
