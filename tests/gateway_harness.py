@@ -22,7 +22,7 @@ UPSTREAM_KEY = "sk-upstream-secret"
 
 
 #: Providers with a worker in the test gateway ("ghost" has none on purpose).
-SERVED = ["primary", "secondary", "quick", "azure"]
+SERVED = ["primary", "secondary", "quick", "azure", "ollama"]
 
 
 def free_port() -> int:
@@ -70,7 +70,22 @@ providers:
     base_url: {root}
     api_key: {UPSTREAM_KEY}
     timeout_ms: 5000
+  - name: ollama
+    type: ollama
+    base_url: {root}
+    api_key: {UPSTREAM_KEY}
+    timeout_ms: 5000
 routes:
+  - model_alias: llama
+    targets: [{{provider: ollama, model: llama3.2}}]
+  - model_alias: llama-failover
+    targets:
+      - {{provider: ollama, model: fail-503, priority: 1}}
+      - {{provider: ollama, model: llama-after-503, priority: 2}}
+  - model_alias: claude-via-openai
+    targets: [{{provider: primary, model: gpt-behind-messages}}]
+  - model_alias: claude-via-ollama
+    targets: [{{provider: ollama, model: llama-behind-messages}}]
   - model_alias: azure-gpt
     targets: [{{provider: azure, model: dep-4o}}]
   - model_alias: azure-failover
