@@ -13,9 +13,8 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cloud_creds import write_service_account
 from gandalf_common.config import ProviderAuthConfig, ProviderConfig
 from gandalf_common.contract import NativeCall, Usage
 from gandalf_workers.providers.base import Provider, StreamItem, UpstreamFailure
@@ -36,15 +35,8 @@ TIMEOUT = 5.0
 @pytest.fixture(scope="module")
 def gcp_credentials(tmp_path_factory: pytest.TempPathFactory, mock_upstream: Any) -> str:
     """A service-account file with a fresh RSA key; tokens come from the mock."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    path = tmp_path_factory.mktemp("gcp") / "sa.json"
-    path.write_text(json.dumps({
-        "type": "service_account", "project_id": "proj", "private_key_id": "k1",
-        "private_key": pem, "client_email": "gandalf@proj.iam.gserviceaccount.com",
-        "client_id": "1", "token_uri": mock_upstream.url + "/oauth2/token"}))
-    return str(path)
+    return write_service_account(tmp_path_factory.mktemp("gcp") / "sa.json",
+                                 mock_upstream.url + "/oauth2/token")
 
 
 def config(hosting: str, upstream: Any, credentials: str, **extra: Any) -> ProviderConfig:

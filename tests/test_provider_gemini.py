@@ -15,9 +15,8 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cloud_creds import write_service_account
 from gandalf_common.config import ProviderAuthConfig, ProviderConfig
 from gandalf_common.contract import NativeCall, Usage
 from gandalf_workers.providers.base import Provider, StreamItem, UpstreamFailure
@@ -66,15 +65,8 @@ async def direct(upstream: Any) -> AsyncIterator[Provider]:
 @pytest.fixture(scope="module")
 def service_account(tmp_path_factory: pytest.TempPathFactory, mock_upstream: Any) -> str:
     """A service-account file whose token_uri is the mock's Google token endpoint."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    info = {"type": "service_account", "project_id": "proj", "private_key_id": "kid-1",
-            "private_key": pem, "client_email": "gandalf@proj.iam.gserviceaccount.com",
-            "client_id": "1234", "token_uri": mock_upstream.url + "/oauth2/token"}
-    path = tmp_path_factory.mktemp("gcp") / "sa.json"
-    path.write_text(json.dumps(info))
-    return str(path)
+    return write_service_account(tmp_path_factory.mktemp("gcp") / "sa.json",
+                                 mock_upstream.url + "/oauth2/token")
 
 
 def _vertex_provider(upstream: Any, credentials: str, **extra: Any) -> Provider:

@@ -99,7 +99,7 @@ async def _passthrough(pool: ProviderPool, req: ExecRequest, out: _Out, body: by
     try:
         if resp.status != 200:
             data = b"".join([chunk async for chunk in resp.body])
-            if resp.status in RETRYABLE_STATUS:
+            if resp.status in RETRYABLE_STATUS or resp.status >= 500:  # incl. 529 overloaded
                 # Another target may well answer: fail over (the router decides).
                 raise _failure(pool.provider.name, resp.status, data, resp.headers)
             # The client's request is wrong for this API: show it the

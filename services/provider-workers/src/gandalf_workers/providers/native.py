@@ -277,6 +277,10 @@ def anthropic_usage(data: Any) -> Usage | None:
     return _usage(prompt, _int(usage.get("output_tokens")), cached)
 
 
+_STREAM_ERROR_STATUS = {"rate_limit_error": 429, "overloaded_error": 529,
+                        "invalid_request_error": 400}
+
+
 class AnthropicSSESniffer(SSESniffer):
     """Input tokens come with ``message_start``, output tokens with
     ``message_delta``: merged here. An ``error`` event fails the stream."""
@@ -293,8 +297,12 @@ class AnthropicSSESniffer(SSESniffer):
         kind = data.get("type")
         if kind == "error":
             err = data.get("error")
-            message = err.get("message", "") if isinstance(err, dict) else ""
-            raise UpstreamFailure(f"upstream stream error: {message}", code="upstream_error")
+            err = err if isinstance(err, dict) else {}
+            etype = str(err.get("type") or "api_error")
+            raise UpstreamFailure(f"upstream stream error: {err.get('message', '')}",
+                                  status=_STREAM_ERROR_STATUS.get(etype, 502),
+                                  type="rate_limit_error" if etype == "rate_limit_error"
+                                  else "api_error", code=etype)
         if kind == "message_start":
             usage = anthropic_usage(data)
             if usage is not None:
@@ -314,7 +322,9 @@ def gemini_usage(data: Any) -> Usage | None:
     meta = data.get("usageMetadata")
     if not isinstance(meta, dict):
         return None
-    return _usage(_int(meta.get("promptTokenCount")), _int(meta.get("candidatesTokenCount")),
+    # Thinking models bill their thoughts as output.
+    completion = _int(meta.get("candidatesTokenCount")) + _int(meta.get("thoughtsTokenCount"))
+    return _usage(_int(meta.get("promptTokenCount")), completion,
                   _int(meta.get("cachedContentTokenCount")), _int(meta.get("totalTokenCount")))
 
 

@@ -152,6 +152,9 @@ class OpenAIProvider:
         url = self._url(op, model)
         body = _json_encode(payload)
         headers = dict(self._headers)
+        if payload.get("stream"):
+            # Streams are read raw (undecoded) to relay them as they come.
+            headers["accept-encoding"] = "identity"
         await self._auth.apply("POST", url, headers, body)
         return await self._http.post(url, headers, body, ttfb_timeout)
 
