@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
+from cloud_creds import AWS_KEY_ID, AWS_SECRET, write_service_account
 from gandalf_common.bus import connect
 from gandalf_common.config import GatewayConfig, parse_config
 from gandalf_ingress.app import IngressService
@@ -22,7 +25,19 @@ UPSTREAM_KEY = "sk-upstream-secret"
 
 
 #: Providers with a worker in the test gateway ("ghost" has none on purpose).
-SERVED = ["primary", "secondary", "quick", "azure", "ollama"]
+SERVED = ["primary", "secondary", "quick", "azure", "ollama", "anthropic", "bedrock",
+          "vertex-claude", "gemini", "vertex-gemini"]
+_CREDENTIALS: dict[str, str] = {}
+
+
+def _service_account(root: str) -> str:
+    """One service-account file per mock (tokens come from its /oauth2/token)."""
+    path = _CREDENTIALS.get(root)
+    if path is None:
+        directory = Path(tempfile.mkdtemp(prefix="gandalf-gcp-"))
+        path = _CREDENTIALS[root] = write_service_account(directory / "sa.json",
+                                                          root + "/oauth2/token")
+    return path
 
 
 def free_port() -> int:
@@ -34,6 +49,7 @@ def free_port() -> int:
 def gateway_yaml(port: int, upstream: str, *, extra_server: str = "") -> str:
     """Routes exercise the mock's fault directives through the target model."""
     root = upstream.removesuffix("/v1")
+    gcp = _service_account(root)
     return f"""
 server:
   addr: "127.0.0.1:{port}"
@@ -75,7 +91,63 @@ providers:
     base_url: {root}
     api_key: {UPSTREAM_KEY}
     timeout_ms: 5000
+  - name: anthropic
+    type: anthropic
+    base_url: {root}/v1
+    api_key: {UPSTREAM_KEY}
+    timeout_ms: 5000
+  - name: bedrock
+    type: anthropic
+    hosting: bedrock
+    region: us-east-1
+    base_url: {root}
+    auth: {{access_key_id: {AWS_KEY_ID}, secret_access_key: {AWS_SECRET}}}
+    model_map: {{claude-haiku: us.anthropic.claude-3-5-haiku-20241022-v1:0}}
+    timeout_ms: 5000
+  - name: vertex-claude
+    type: anthropic
+    hosting: vertex
+    project: proj
+    region: us-east5
+    base_url: {root}
+    auth: {{credentials_file: {gcp}}}
+    timeout_ms: 5000
+  - name: gemini
+    type: gemini
+    base_url: {root}/v1beta
+    api_key: {UPSTREAM_KEY}
+    timeout_ms: 5000
+  - name: vertex-gemini
+    type: gemini
+    hosting: vertex
+    project: proj
+    region: us-central1
+    base_url: {root}
+    auth: {{credentials_file: {gcp}}}
+    timeout_ms: 5000
 routes:
+  - model_alias: claude
+    targets: [{{provider: anthropic, model: claude-sonnet-4-5}}]
+  - model_alias: claude-bedrock
+    targets: [{{provider: bedrock, model: claude-haiku}}]
+  - model_alias: claude-vertex
+    targets: [{{provider: vertex-claude, model: claude-sonnet-4-5}}]
+  - model_alias: claude-failover
+    targets:
+      - {{provider: anthropic, model: fail-529, priority: 1}}
+      - {{provider: bedrock, model: claude-after-529, priority: 2}}
+  - model_alias: claude-then-gpt
+    targets:
+      - {{provider: anthropic, model: fail-503, priority: 1}}
+      - {{provider: primary, model: gpt-after-claude, priority: 2}}
+  - model_alias: gem
+    targets: [{{provider: gemini, model: gemini-2.0-flash}}]
+  - model_alias: gem-vertex
+    targets: [{{provider: vertex-gemini, model: gemini-2.0-flash}}]
+  - model_alias: emb-claude-first
+    targets:
+      - {{provider: anthropic, model: claude-cannot-embed}}
+      - {{provider: gemini, model: text-embedding-004}}
   - model_alias: llama
     targets: [{{provider: ollama, model: llama3.2}}]
   - model_alias: llama-failover

@@ -18,8 +18,8 @@ import httpx
 import msgspec
 
 from gandalf_common.config import ProviderConfig
-from gandalf_common.errors import error_type_for
 from gandalf_common.contract import KIND_AZURE, NativeCall, Usage
+from gandalf_common.errors import error_type_for
 
 from .auth import Auth
 from .base import NativeResponse, ProviderResponse, StreamItem, UpstreamFailure, unsupported
