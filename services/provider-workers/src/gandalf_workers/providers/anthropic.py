@@ -32,9 +32,9 @@ from ..translate.anthropic import from_anthropic_response as _from_anthropic
 from ..translate.anthropic_stream import AnthropicStreamError, AnthropicStreamTranslator
 from .auth import Auth
 from .base import NativeResponse, ProviderResponse, StreamItem, UpstreamFailure, unsupported
-from .http import UpstreamHTTP
-from .native import forward, rewrite_model, sniffer_for
-from .openai import parse_retry_after
+from .http import UpstreamHTTP, decode_json, read_ok
+from .native import client_json, forward, rewrite_model, sniffer_for
+from .openai import listed_ids, parse_retry_after
 from .streams import FrameError, SSEError, iter_eventstream, iter_sse
 
 API_VERSION = "2023-06-01"
@@ -174,8 +174,7 @@ class AnthropicProvider:
                     ttfb_timeout: float) -> httpx.Response:
         url = self._url(model, stream=stream)
         headers = self._headers(stream=stream)
-        await self._auth.apply("POST", url, headers, body)  # SigV4 signs these bytes
-        return await self._http.post(url, headers, body, ttfb_timeout)
+        return await self._http.call("POST", url, headers, body, self._auth, ttfb_timeout)
 
     def _model(self, payload: dict[str, Any]) -> str:
         model = str(payload.get("model", ""))
@@ -190,20 +189,7 @@ class AnthropicProvider:
         model = self._model(payload)
         body, json_tool = self._translate(payload, model, stream=False)
         response = await self._post(model, body, stream=False, ttfb_timeout=ttfb_timeout)
-        try:
-            raw = await response.aread()
-        except httpx.HTTPError as exc:
-            raise UpstreamFailure(f"{self.name}: response body cut ({type(exc).__name__})",
-                                  status=502, code="upstream_read_error") from exc
-        finally:
-            await response.aclose()
-        if response.status_code != 200:
-            raise failure_from_response(self.name, response.status_code, raw,
-                                        response.headers)
-        try:
-            data = _json_decode(raw)
-        except msgspec.DecodeError as exc:
-            raise self._invalid("upstream sent invalid JSON") from exc
+        data = decode_json(self.name, await read_ok(self.name, response, failure_from_response))
         if not isinstance(data, dict) or data.get("type") not in (None, "message"):
             raise self._invalid("upstream sent something other than a message")
         out, usage = _from_anthropic(data, model=model, json_tool=json_tool)
@@ -298,22 +284,10 @@ class AnthropicProvider:
         if self._hosting:
             return self._listed or list(STATIC_MODELS)
         url = httpx.URL(self._base + "/models", params={"limit": "1000"})
-        headers = {"anthropic-version": API_VERSION}
-        await self._auth.apply("GET", url, headers, b"")
-        response = await self._http.send("GET", url, headers, b"", timeout)
-        try:
-            body = await response.aread()
-        finally:
-            await response.aclose()
-        if response.status_code != 200:
-            raise failure_from_response(self.name, response.status_code, body,
-                                        response.headers)
-        try:
-            data = _json_decode(body)
-        except msgspec.DecodeError as exc:
-            raise self._invalid("upstream sent invalid JSON") from exc
-        items = data.get("data") if isinstance(data, dict) else None
-        return [m["id"] for m in items or [] if isinstance(m, dict) and "id" in m]
+        response = await self._http.call("GET", url, {"anthropic-version": API_VERSION}, b"",
+                                         self._auth, timeout)
+        return listed_ids(decode_json(self.name, await read_ok(self.name, response,
+                                                               failure_from_response)))
 
     # -------------------------------------------------------------- native
 
@@ -349,16 +323,7 @@ class AnthropicProvider:
         return response
 
     def _native_body(self, body: bytes, beta: str) -> bytes:
-        try:
-            data = _json_decode(body)
-        except msgspec.DecodeError as exc:
-            raise UpstreamFailure("request body is not valid JSON", status=400,
-                                  type="invalid_request_error", code="invalid_json",
-                                  retryable=False) from exc
-        if not isinstance(data, dict):
-            raise UpstreamFailure("request body must be a JSON object", status=400,
-                                  type="invalid_request_error", code="invalid_json",
-                                  retryable=False)
+        data = client_json(body)
         if self._hosting == "bedrock" and beta:
             # Bedrock takes beta flags in the body (as Anthropic's Bedrock SDK sends them).
             data.setdefault("anthropic_beta", [b.strip() for b in beta.split(",") if b.strip()])

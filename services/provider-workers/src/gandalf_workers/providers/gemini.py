@@ -27,7 +27,7 @@ from gandalf_common.contract import KIND_GEMINI, NativeCall, Usage
 from ..translate import gemini as tr
 from .auth import Auth
 from .base import NativeResponse, ProviderResponse, StreamItem, UpstreamFailure, unsupported
-from .http import UpstreamHTTP
+from .http import UpstreamHTTP, decode_json, read_ok
 from .native import MAX_BODY, Sniffer, forward, gemini_finished, gemini_usage, sniffer_for
 from .openai import parse_retry_after
 from .streams import SSEError, iter_sse
@@ -193,26 +193,12 @@ class GeminiProvider:
         if stream:
             # A compressor may hold back SSE events; streams come uncompressed.
             headers["accept-encoding"] = "identity"
-        await self._auth.apply("POST", url, headers, raw)
-        return await self._http.post(url, headers, raw, ttfb_timeout)
+        return await self._http.call("POST", url, headers, raw, self._auth, ttfb_timeout)
 
     async def _json(self, response: httpx.Response) -> Any:
         """The whole JSON body of a 200 answer; an error answer raises."""
-        try:
-            body = await response.aread()
-        except httpx.HTTPError as exc:
-            raise UpstreamFailure(f"{self.name}: response body cut ({type(exc).__name__})",
-                                  status=502, code="upstream_read_error") from exc
-        finally:
-            await response.aclose()
-        if response.status_code != 200:
-            raise failure_from_response(self.name, response.status_code, body,
-                                        response.headers)
-        try:
-            return _json_decode(body)
-        except msgspec.DecodeError as exc:
-            raise UpstreamFailure(f"{self.name}: upstream sent invalid JSON", status=502,
-                                  code="upstream_invalid_response") from exc
+        return decode_json(self.name, await read_ok(self.name, response,
+                                                    failure_from_response))
 
     def _invalid(self, what: str) -> UpstreamFailure:
         return UpstreamFailure(f"{self.name}: unexpected upstream response ({what})",
@@ -348,9 +334,8 @@ class GeminiProvider:
         for _page in range(_MAX_PAGES):
             params = {"pageSize": "1000", **({"pageToken": token} if token else {})}
             url = httpx.URL(self._model_base, params=params)
-            headers: dict[str, str] = {}
-            await self._auth.apply("GET", url, headers, b"")
-            data = await self._json(await self._http.send("GET", url, headers, b"", timeout))
+            data = await self._json(await self._http.call("GET", url, {}, b"", self._auth,
+                                                          timeout))
             items = data.get("models") if isinstance(data, dict) else None
             for item in items if isinstance(items, list) else []:
                 name = item.get("name") if isinstance(item, dict) else None

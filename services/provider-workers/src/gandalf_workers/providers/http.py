@@ -10,12 +10,20 @@ sixth of the worker's CPU.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import httpx
+import msgspec
 from httpx_aiohttp import AiohttpTransport
 
+from .auth import Auth
 from .base import UpstreamFailure
+
+#: Builds a provider's failure from an error answer: (provider, status, body, headers).
+FailureFactory = Callable[[str, int, bytes, httpx.Headers], UpstreamFailure]
+_json_decode = msgspec.json.Decoder().decode
 
 #: Longest silence tolerated between two reads of a running response.
 READ_IDLE_S = 300.0
@@ -55,8 +63,36 @@ class UpstreamHTTP:
         except (httpx.HTTPError, OSError, TimeoutError) as exc:
             raise connect_failure(self.name, exc, ttfb_timeout) from exc
 
+    async def call(self, method: str, url: httpx.URL, headers: dict[str, str], body: bytes,
+                   auth: Auth, ttfb_timeout: float) -> httpx.Response:
+        """Add credentials for these exact bytes (SigV4 signs them), then send."""
+        await auth.apply(method, url, headers, body)
+        return await self.send(method, url, headers, body, ttfb_timeout)
+
     async def aclose(self) -> None:
         await self._transport.aclose()
+
+
+async def read_ok(provider: str, response: httpx.Response, failure: FailureFactory) -> bytes:
+    """The whole body of a non-stream answer; an error answer raises ``failure``."""
+    try:
+        body = await response.aread()
+    except httpx.HTTPError as exc:
+        raise UpstreamFailure(f"{provider}: response body cut ({type(exc).__name__})",
+                              status=502, code="upstream_read_error") from exc
+    finally:
+        await response.aclose()
+    if response.status_code != 200:
+        raise failure(provider, response.status_code, body, response.headers)
+    return body
+
+
+def decode_json(provider: str, body: bytes) -> Any:
+    try:
+        return _json_decode(body)
+    except msgspec.DecodeError as exc:
+        raise UpstreamFailure(f"{provider}: upstream sent invalid JSON", status=502,
+                              code="upstream_invalid_response") from exc
 
 
 def connect_failure(provider: str, exc: BaseException, timeout: float) -> UpstreamFailure:

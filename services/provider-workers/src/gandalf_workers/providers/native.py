@@ -359,6 +359,16 @@ def sniffer_for(kind: str, *, stream: bool) -> Sniffer:
 def rewrite_model(body: bytes, model: str, *, drop: bool = False) -> bytes:
     """The client's JSON body with ``model`` set to the target (or removed,
     for APIs that take the model from the URL). Other fields are kept."""
+    data = client_json(body)
+    if drop:
+        data.pop("model", None)
+    else:
+        data["model"] = model
+    return msgspec.json.encode(data)
+
+
+def client_json(body: bytes) -> dict[str, Any]:
+    """A native request body as a JSON object; anything else is the client's 400."""
     try:
         data = _json_decode(body)
     except msgspec.DecodeError as exc:
@@ -369,8 +379,4 @@ def rewrite_model(body: bytes, model: str, *, drop: bool = False) -> bytes:
         raise UpstreamFailure("request body must be a JSON object", status=400,
                               type="invalid_request_error", code="invalid_json",
                               retryable=False)
-    if drop:
-        data.pop("model", None)
-    else:
-        data["model"] = model
-    return msgspec.json.encode(data)
+    return data

@@ -23,7 +23,7 @@ from gandalf_common.errors import error_type_for
 from ..translate import ollama as tr
 from .auth import Auth
 from .base import NativeResponse, ProviderResponse, StreamItem, UpstreamFailure, unsupported
-from .http import UpstreamHTTP
+from .http import UpstreamHTTP, read_ok
 from .native import forward, rewrite_model, sniffer_for
 from .openai import RETRYABLE_STATUS, OpenAIProvider, parse_retry_after
 from .streams import FrameError, iter_ndjson
@@ -116,23 +116,11 @@ class OllamaProvider:
                     ttfb_timeout: float) -> httpx.Response:
         url = self._urls[op]
         body = _json_encode(request)
-        headers = dict(self._headers)
-        await self._auth.apply("POST", url, headers, body)
-        return await self._http.post(url, headers, body, ttfb_timeout)
+        return await self._http.call("POST", url, dict(self._headers), body, self._auth,
+                                     ttfb_timeout)
 
     async def _read(self, response: httpx.Response) -> bytes:
-        """The whole body of a non-stream answer; non-200 raises."""
-        try:
-            body = await response.aread()
-        except httpx.HTTPError as exc:
-            raise UpstreamFailure(f"{self.name}: response body cut ({type(exc).__name__})",
-                                  status=502, code="upstream_read_error") from exc
-        finally:
-            await response.aclose()
-        if response.status_code != 200:
-            raise failure_from_response(self.name, response.status_code, body,
-                                        response.headers)
-        return body
+        return await read_ok(self.name, response, failure_from_response)
 
     async def complete(self, op: str, payload: dict[str, Any], *,
                        ttfb_timeout: float) -> ProviderResponse:

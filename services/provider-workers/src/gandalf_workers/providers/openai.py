@@ -23,7 +23,7 @@ from gandalf_common.errors import error_type_for
 
 from .auth import Auth
 from .base import NativeResponse, ProviderResponse, StreamItem, UpstreamFailure, unsupported
-from .http import UpstreamHTTP
+from .http import UpstreamHTTP, decode_json, read_ok
 from .native import forward, rewrite_model, sniffer_for
 from .streams import SSEError, iter_sse
 
@@ -116,6 +116,12 @@ def failure_from_response(provider: str, status: int, body: bytes,
         retry_after=parse_retry_after(headers))
 
 
+def listed_ids(data: Any) -> list[str]:
+    """``data[].id`` of a model list (OpenAI's and Anthropic's shape)."""
+    items = data.get("data") if isinstance(data, dict) else None
+    return [m["id"] for m in items or [] if isinstance(m, dict) and "id" in m]
+
+
 class OpenAIProvider:
     """``Provider`` for the OpenAI wire format (and Azure OpenAI)."""
 
@@ -155,21 +161,12 @@ class OpenAIProvider:
         if payload.get("stream"):
             # Streams are read raw (undecoded) to relay them as they come.
             headers["accept-encoding"] = "identity"
-        await self._auth.apply("POST", url, headers, body)
-        return await self._http.post(url, headers, body, ttfb_timeout)
+        return await self._http.call("POST", url, headers, body, self._auth, ttfb_timeout)
 
     async def complete(self, op: str, payload: dict[str, Any], *,
                        ttfb_timeout: float) -> ProviderResponse:
         response = await self._send(op, payload, ttfb_timeout)
-        try:
-            body = await response.aread()
-        except httpx.HTTPError as exc:
-            raise UpstreamFailure(f"{self.name}: response body cut ({type(exc).__name__})",
-                                  status=502, code="upstream_read_error") from exc
-        finally:
-            await response.aclose()
-        if response.status_code != 200:
-            raise failure_from_response(self.name, response.status_code, body, response.headers)
+        body = await read_ok(self.name, response, failure_from_response)
         try:
             view = _usage_decoder.decode(body).usage
             usage = view.to_usage() if view is not None else None
@@ -212,18 +209,9 @@ class OpenAIProvider:
             url = httpx.URL(f"{self._base}/openai/models", params=self._query)
         else:
             url = httpx.URL(self._base + "/models")
-        headers: dict[str, str] = {}
-        await self._auth.apply("GET", url, headers, b"")
-        response = await self._http.send("GET", url, headers, b"", timeout)
-        try:
-            body = await response.aread()
-        finally:
-            await response.aclose()
-        if response.status_code != 200:
-            raise failure_from_response(self.name, response.status_code, body,
-                                        response.headers)
-        data = msgspec.json.decode(body)
-        return [m["id"] for m in data.get("data", []) if isinstance(m, dict) and "id" in m]
+        response = await self._http.call("GET", url, {}, b"", self._auth, timeout)
+        return listed_ids(decode_json(self.name, await read_ok(self.name, response,
+                                                               failure_from_response)))
 
     async def native(self, call: NativeCall, body: bytes, target_model: str, *,
                      stream: bool, ttfb_timeout: float) -> NativeResponse:
