@@ -25,3 +25,21 @@ async def test_cached_prompt_tokens_are_counted(upstream: Any) -> None:
     assert whole.usage.cached_tokens == whole.usage.prompt_tokens // 2
     final = [i.usage for i in items if i.usage is not None]
     assert final and final[-1].cached_tokens == whole.usage.cached_tokens
+
+
+async def test_refused_connection_is_unreachable_not_a_timeout() -> None:
+    from gandalf_workers.providers.base import UpstreamFailure
+    from gateway_harness import free_port
+
+    provider = build_provider(ProviderConfig(
+        name="o", type="openai", base_url=f"http://127.0.0.1:{free_port()}/v1",
+        timeout_ms=5000))
+    try:
+        try:
+            await provider.complete("chat", {**CHAT, "model": "m"}, ttfb_timeout=5)
+        except UpstreamFailure as exc:
+            failure = exc
+    finally:
+        await provider.aclose()
+    assert failure.status == 502 and failure.code == "upstream_unreachable"
+    assert failure.retryable

@@ -10,6 +10,7 @@ sixth of the worker's CPU.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,7 @@ class UpstreamHTTP:
                                          auto_decompress=False)
 
         self._transport = AiohttpTransport(client=session)
+        self._connect_timeout = connect_timeout
         self._extensions = {"timeout": {"connect": connect_timeout, "read": READ_IDLE_S,
                                         "pool": None}}
 
@@ -57,10 +59,17 @@ class UpstreamHTTP:
                    ttfb_timeout: float) -> httpx.Response:
         request = httpx.Request(method, url, headers=headers, content=body,
                                 extensions=self._extensions)
+        started = time.monotonic()
         try:
             async with asyncio.timeout(ttfb_timeout):
                 return await self._transport.handle_async_request(request)
         except (httpx.HTTPError, OSError, TimeoutError) as exc:
+            if isinstance(exc, httpx.ConnectTimeout) and (
+                    time.monotonic() - started < min(ttfb_timeout, self._connect_timeout) * 0.9):
+                # The aiohttp transport reports refused connections and DNS
+                # failures as ConnectTimeout; one that came early is neither.
+                raise UpstreamFailure(f"{self.name}: upstream connection failed ({exc})",
+                                      status=502, code="upstream_unreachable") from exc
             raise connect_failure(self.name, exc, ttfb_timeout) from exc
 
     async def call(self, method: str, url: httpx.URL, headers: dict[str, str], body: bytes,
