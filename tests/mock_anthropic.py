@@ -30,21 +30,19 @@ response cleanly: a truncated frame, not a dropped connection.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import dataclasses
 import itertools
 import json
 import struct
-import time
 from typing import Any
 
 from aiohttp import web
 
 from mock_data import count_prompt_tokens, mock_reply_words
-from mock_faults import _SPLIT_RE, Fault, RequestRecord, _ClientGone
-from mock_openai import _CLOSED_KEY, _RECORD_KEY
+from mock_faults import _SPLIT_RE, Fault, RequestRecord
+from mock_openai import _RECORD_KEY
 
 VERTEX_VERSION = "vertex-2023-10-16"
 BEDROCK_VERSION = "bedrock-2023-05-31"
@@ -535,29 +533,8 @@ class AnthropicRoutes:
     async def _send_stream(self, request: web.Request, fault: Fault, frames: list[bytes],
                            content_type: str, *, tail: bytes = b"") -> web.StreamResponse:
         """Write ``frames`` (``cut-N``: abort after N), then ``tail``, then end."""
-        record: RequestRecord = request[_RECORD_KEY]
-        closed: asyncio.Event = request[_CLOSED_KEY]
         resp = web.StreamResponse(status=200, headers={"Content-Type": content_type,
                                                        "Cache-Control": "no-cache",
                                                        "request-id": "req_mock"})
-        record.status = 200
-        try:
-            await resp.prepare(request)
-            record.first_byte_at = time.monotonic()
-            for i, frame in enumerate(frames):
-                if fault.cut is not None and record.chunks_sent >= fault.cut:
-                    self._abort(request)  # type: ignore[attr-defined]
-                    return resp
-                if i > 0 and fault.chunk_delay_ms:
-                    await self._sleep_or_gone(  # type: ignore[attr-defined]
-                        request, fault.chunk_delay_ms / 1000)
-                if closed.is_set():
-                    raise _ClientGone
-                await resp.write(frame)
-                record.chunks_sent += 1
-            if tail:
-                await resp.write(tail)
-            await resp.write_eof()
-        except ConnectionError:
-            self._mark_closed(record, closed)  # type: ignore[attr-defined]
-        return resp
+        return await self._write_stream(  # type: ignore[attr-defined]
+            request, fault, resp, frames, tail=tail)

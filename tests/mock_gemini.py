@@ -22,18 +22,16 @@ tokens of this format: ``thinking`` (a thought part and thought tokens),
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-import time
 from typing import Any
 
 from aiohttp import web
 
 from mock_data import DEFAULT_EMBEDDING_DIMENSIONS, count_prompt_tokens, mock_reply_words
 from mock_data import mock_embedding as _embedding
-from mock_faults import _SPLIT_RE, Fault, RequestRecord, _ClientGone
-from mock_openai import _CLOSED_KEY, _RECORD_KEY
+from mock_faults import _SPLIT_RE, Fault, RequestRecord
+from mock_openai import _RECORD_KEY
 
 #: Models ``GET /v1beta/models`` lists.
 GEMINI_MODELS: tuple[str, ...] = (
@@ -509,33 +507,15 @@ class GeminiRoutes:
                              bad_json: bool = False) -> web.StreamResponse:
         """SSE (``data: {...}`` + CRLF CRLF, as Google sends it; no [DONE],
         the stream ends at EOF) or, without ``alt=sse``, one JSON array."""
-        record: RequestRecord = request[_RECORD_KEY]
-        closed: asyncio.Event = request[_CLOSED_KEY]
         content_type = "text/event-stream" if sse else "application/json"
         resp = web.StreamResponse(status=200, headers={"Content-Type": content_type})
-        record.status = 200
-        try:
-            await resp.prepare(request)
-            record.first_byte_at = time.monotonic()
-            for i, event in enumerate(events):
-                if fault.cut is not None and record.chunks_sent >= fault.cut:
-                    self._abort(request)  # type: ignore[attr-defined]
-                    return resp
-                if i > 0 and fault.chunk_delay_ms:
-                    await self._sleep_or_gone(  # type: ignore[attr-defined]
-                        request, fault.chunk_delay_ms / 1000)
-                if closed.is_set():
-                    raise _ClientGone
-                text = "{not json" if bad_json and i == 1 else json.dumps(event)
-                data = f"data: {text}\r\n\r\n" if sse else ("[" if i == 0 else ",\r\n") + text
-                await resp.write(data.encode())
-                record.chunks_sent += 1
-            if not sse:
-                await resp.write(b"]")
-            await resp.write_eof()
-        except ConnectionError:
-            self._mark_closed(record, closed)  # type: ignore[attr-defined]
-        return resp
+        pieces: list[bytes] = []
+        for i, event in enumerate(events):
+            text = "{not json" if bad_json and i == 1 else json.dumps(event)
+            data = f"data: {text}\r\n\r\n" if sse else ("[" if i == 0 else ",\r\n") + text
+            pieces.append(data.encode())
+        return await self._write_stream(  # type: ignore[attr-defined]
+            request, fault, resp, pieces, tail=b"" if sse else b"]")
 
     async def _gemini_count_tokens(self, request: web.Request, model: str,
                                    action: str) -> web.StreamResponse:

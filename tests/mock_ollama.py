@@ -28,13 +28,11 @@ that quotes the tool result.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import dataclasses
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -48,8 +46,8 @@ from mock_data import (
     mock_embedding,
     mock_reply_words,
 )
-from mock_faults import _SPLIT_RE, Fault, RequestRecord, _ClientGone
-from mock_openai import _CLOSED_KEY, _RECORD_KEY
+from mock_faults import _SPLIT_RE, Fault, RequestRecord
+from mock_openai import _RECORD_KEY
 
 #: What ``GET /api/tags`` lists.
 OLLAMA_MODELS: tuple[str, ...] = ("llama3.2:latest", "qwen2.5:7b", "nomic-embed-text:latest")
@@ -224,31 +222,8 @@ class OllamaRoutes:
             lines[1:] = [b"this is not json\n"]
         elif "no-final" in directives:
             lines.pop()
-        return await self._ollama_write_lines(request, fault, lines)
-
-    async def _ollama_write_lines(self, request: web.Request, fault: Fault,
-                                  lines: list[bytes]) -> web.StreamResponse:
-        record: RequestRecord = request[_RECORD_KEY]
-        closed: asyncio.Event = request[_CLOSED_KEY]
         resp = web.StreamResponse(status=200, headers={"Content-Type": NDJSON})
-        record.status = 200
-        try:
-            await resp.prepare(request)
-            record.first_byte_at = time.monotonic()
-            for i, line in enumerate(lines):
-                if fault.cut is not None and record.chunks_sent >= fault.cut:
-                    self._abort(request)
-                    return resp
-                if i > 0 and fault.chunk_delay_ms:
-                    await self._sleep_or_gone(request, fault.chunk_delay_ms / 1000)
-                if closed.is_set():
-                    raise _ClientGone
-                await resp.write(line)
-                record.chunks_sent += 1
-            await resp.write_eof()
-        except ConnectionError:
-            self._mark_closed(record, closed)
-        return resp
+        return await self._write_stream(request, fault, resp, lines)
 
     # ----------------------------------------------------------------- routes
 

@@ -22,7 +22,7 @@ from mock_data import (
     mock_tool_call,
     mock_tool_result_words,
 )
-from mock_faults import Fault, RequestRecord, _ClientGone
+from mock_faults import Fault, RequestRecord
 
 _RECORD_KEY: web.RequestKey[RequestRecord] = web.RequestKey("mock_record", RequestRecord)
 _CLOSED_KEY: web.RequestKey[asyncio.Event] = web.RequestKey("mock_closed", asyncio.Event)
@@ -143,9 +143,6 @@ class OpenAIRoutes:
         usage: dict[str, int] | None,
         tool_call: dict[str, Any] | None = None,
     ) -> web.StreamResponse:
-        record: RequestRecord = request[_RECORD_KEY]
-        closed: asyncio.Event = request[_CLOSED_KEY]
-
         def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
             c: dict[str, Any] = {
                 "id": completion_id,
@@ -191,24 +188,8 @@ class OpenAIRoutes:
                 "Cache-Control": "no-cache",
             },
         )
-        record.status = 200
-        try:
-            await resp.prepare(request)
-            record.first_byte_at = time.monotonic()
-            for i, event in enumerate(events):
-                if fault.cut is not None and record.chunks_sent >= fault.cut:
-                    self._abort(request)
-                    return resp
-                if i > 0 and fault.chunk_delay_ms:
-                    await self._sleep_or_gone(request, fault.chunk_delay_ms / 1000)
-                if closed.is_set():
-                    raise _ClientGone
-                await resp.write(f"data: {event}\n\n".encode())
-                record.chunks_sent += 1
-            await resp.write_eof()
-        except ConnectionError:
-            self._mark_closed(record, closed)
-        return resp
+        return await self._write_stream(
+            request, fault, resp, [f"data: {event}\n\n".encode() for event in events])
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         record: RequestRecord = request[_RECORD_KEY]

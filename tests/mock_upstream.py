@@ -48,7 +48,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -272,10 +272,12 @@ class MockUpstream(OpenAIRoutes, AnthropicRoutes, GeminiRoutes, OllamaRoutes, Cl
         words: int | None = None,
     ) -> FaultRule:
         """Apply a fault to requests for ``model`` (exact request model) or to all requests
-        (``model=None``) on ``/v1/chat/completions`` and ``/v1/embeddings``; only for the
-        next ``times`` matching requests if given. The most recently set matching rule wins
-        (a model-specific rule before a global one); its fields override directives parsed
-        from the model name."""
+        (``model=None``) of every wire format that takes faults (OpenAI and Azure chat and
+        embeddings, Anthropic direct/Vertex/Bedrock, Gemini, Ollama: each asks
+        ``_take_fault``); only for the next ``times`` matching requests if given. The most
+        recently set matching rule wins (a model-specific rule before a global one); its
+        fields override directives parsed from the model name. Errors take each format's
+        shape."""
         fault = Fault(
             status=status,
             retry_after=retry_after,
@@ -556,6 +558,44 @@ class MockUpstream(OpenAIRoutes, AnthropicRoutes, GeminiRoutes, OllamaRoutes, Cl
             self._mark_closed(record, request[_CLOSED_KEY])
             return resp
         self._abort(request)
+        return resp
+
+    async def _write_stream(
+        self,
+        request: web.Request,
+        fault: Fault,
+        resp: web.StreamResponse,
+        pieces: Iterable[bytes],
+        *,
+        tail: bytes = b"",
+    ) -> web.StreamResponse:
+        """Send the headers of ``resp``, then each piece (one stream event, line or frame;
+        counted in ``chunks_sent``), then ``tail`` (uncounted), then end the response.
+
+        ``cut-N`` aborts the connection before piece N+1 (``tail`` is not sent);
+        ``chunk-delay`` waits before every piece but the first. Raises ``_ClientGone``
+        when the client leaves between pieces; a write that fails marks it closed."""
+        record: RequestRecord = request[_RECORD_KEY]
+        closed: asyncio.Event = request[_CLOSED_KEY]
+        record.status = resp.status
+        try:
+            await resp.prepare(request)
+            record.first_byte_at = time.monotonic()
+            for i, piece in enumerate(pieces):
+                if fault.cut is not None and record.chunks_sent >= fault.cut:
+                    self._abort(request)
+                    return resp
+                if i > 0 and fault.chunk_delay_ms:
+                    await self._sleep_or_gone(request, fault.chunk_delay_ms / 1000)
+                if closed.is_set():
+                    raise _ClientGone
+                await resp.write(piece)
+                record.chunks_sent += 1
+            if tail:
+                await resp.write(tail)
+            await resp.write_eof()
+        except ConnectionError:
+            self._mark_closed(record, closed)
         return resp
 
     @staticmethod
