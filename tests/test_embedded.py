@@ -203,6 +203,9 @@ def test_state_dir_lock_freed_when_holder_dies(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- Postgres
 
 
+ALL_MIGRATIONS = ["001_initial", "002_governance"]
+
+
 def test_migrations_are_packaged_in_order() -> None:
     migrations = load_migrations()
     assert migrations[0].version == 1 and migrations[0].name == "001_initial"
@@ -215,7 +218,7 @@ async def test_embedded_postgres_start_and_migrate(tmp_path: Path) -> None:
     try:
         dsn = await asyncio.to_thread(server.start)
         assert "/gandalf" in dsn
-        assert await migrate(dsn) == ["001_initial"]
+        assert await migrate(dsn) == ALL_MIGRATIONS
         assert set(await _tables(dsn)) >= EXPECTED_TABLES
         pool = await connect_pool(dsn, max_size=2)
         try:
@@ -233,12 +236,12 @@ async def test_embedded_postgres_start_and_migrate(tmp_path: Path) -> None:
 
 
 async def test_migrate_is_idempotent(fresh_pg_dsn: str) -> None:
-    assert await migrate(fresh_pg_dsn) == ["001_initial"]
+    assert await migrate(fresh_pg_dsn) == ALL_MIGRATIONS
     assert await migrate(fresh_pg_dsn) == []
     conn = await asyncpg.connect(fresh_pg_dsn)
     try:
         rows = await conn.fetch("SELECT version, name FROM schema_migrations")
-        assert [(r["version"], r["name"]) for r in rows] == [(1, "001_initial")]
+        assert [r["name"] for r in rows] == ALL_MIGRATIONS
         # The seed ran exactly once.
         assert await conn.fetchval("SELECT count(*) FROM organizations") == 1
     finally:
@@ -249,7 +252,7 @@ async def test_concurrent_migrate(pg_dsn: str) -> None:
     results = await asyncio.gather(migrate(pg_dsn), migrate(pg_dsn))
     applied = [name for r in results for name in r]
     # pg_dsn is a fresh session database, but another test may have migrated it first.
-    assert applied in ([], ["001_initial"])
+    assert applied in ([], ALL_MIGRATIONS)
     tables = await _tables(pg_dsn)
     assert sorted(tables) == sorted(set(tables))
     assert set(tables) >= EXPECTED_TABLES
@@ -257,7 +260,7 @@ async def test_concurrent_migrate(pg_dsn: str) -> None:
 
 async def test_concurrent_migrate_from_scratch(fresh_pg_dsn: str) -> None:
     results = await asyncio.gather(*(migrate(fresh_pg_dsn) for _ in range(4)))
-    assert sorted(results) == [[], [], [], ["001_initial"]]
+    assert sorted(results) == [[], [], [], ALL_MIGRATIONS]
     assert set(await _tables(fresh_pg_dsn)) >= EXPECTED_TABLES
 
 

@@ -95,9 +95,43 @@ class RedisConfig(_Base, kw_only=True, frozen=True):
     url: str = ""
 
 
+class JwtClaimsConfig(_Base, kw_only=True, frozen=True):
+    """Dot paths into the token's claims (``resource_access.gandalf.role``)."""
+
+    user: str = "sub"
+    org: str = "org_id"
+    team: str = "team_id"
+    role: str = "role"
+
+
+class JwtConfig(_Base, kw_only=True, frozen=True):
+    """JWT/OIDC bearer tokens (anything not starting with ``gnd_``)."""
+
+    enabled: bool = False  # becomes true when issuer and jwks_url are set
+    issuer: str = ""
+    audience: list[str] = []
+    jwks_url: str = ""
+    algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256", "ES256"])
+    leeway: Duration = 60.0
+    claims: JwtClaimsConfig = msgspec.field(default_factory=JwtClaimsConfig)
+    default_role: str = "member"
+    default_org: str = "default"
+
+
 class AuthConfig(_Base, kw_only=True, frozen=True):
     _secret_fields = frozenset({"admin_key"})
     admin_key: str = ""
+    jwt: JwtConfig = msgspec.field(default_factory=JwtConfig)
+
+
+class SecurityConfig(_Base, kw_only=True, frozen=True):
+    """Where provider base URLs may point (checked on every admin write)."""
+
+    #: Hosts (``api.openai.com``, ``*.openai.azure.com``) or CIDRs; empty = any
+    #: host except cloud metadata and link-local addresses.
+    upstream_allowlist: list[str] = []
+    #: Refuse 169.254.0.0/16, fe80::/10 and metadata host names.
+    block_metadata: bool = True
 
 
 class RateLimitsConfig(_Base, kw_only=True, frozen=True):
@@ -213,6 +247,10 @@ class GatewayConfig(_Base, kw_only=True, frozen=True, dict=True):
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     circuit_breaker: CircuitBreakerConfig = msgspec.field(default_factory=CircuitBreakerConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
+    security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
+    #: insert: YAML entities are created when missing, never changed (the
+    #: original); sync: YAML changes to existing entities are applied too.
+    bootstrap: str = "insert"
     providers: list[ProviderConfig] = []
     routes: list[RouteConfig] = []
     keys: list[KeyConfig] = []
@@ -250,6 +288,10 @@ DEFAULT_AZURE_API_VERSION = "2024-10-21"
 _AUTH_TYPES = ("api_key", "gcp_oauth", "aws_sigv4", "azure_entra")
 _STRATEGIES = ("priority", "weighted", "least-latency")
 _ROLES = ("admin", "member", "viewer", "service_account")
+#: Asymmetric only: ``none`` and HS* (a shared secret, or a public key abused
+#: as one) are never accepted.
+JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+                  "ES512", "EdDSA")
 _PG_SCHEMES = ("postgres://", "postgresql://")
 
 
@@ -296,8 +338,11 @@ class _Validator:
             tracing, endpoint=tracing.endpoint or "localhost:4317",
             sample_rate=tracing.sample_rate or 0.1)  # 0 means default, as the original
         providers, dropped = self.providers(c.providers)
+        self.choice(c.bootstrap.strip().lower(), ("insert", "sync"), "bootstrap")
         return msgspec.structs.replace(
             c,
+            bootstrap=c.bootstrap.strip().lower(),
+            auth=msgspec.structs.replace(c.auth, jwt=self.jwt(c.auth.jwt)),
             server=msgspec.structs.replace(s, addr=s.addr or ":8080"),
             database=self.database(c.database),
             circuit_breaker=self.breaker(c.circuit_breaker),
@@ -306,6 +351,22 @@ class _Validator:
             routes=self.routes(c.routes, {p.name for p in providers}, dropped),
             keys=self.keys(c.keys),
         )
+
+    def jwt(self, j: JwtConfig) -> JwtConfig:
+        for i, alg in enumerate(j.algorithms):
+            if alg not in JWT_ALGORITHMS:
+                raise self.error(f"algorithm {alg!r} is not allowed (asymmetric only: "
+                                 f"{', '.join(JWT_ALGORITHMS)})", f"auth.jwt.algorithms[{i}]")
+        if not j.algorithms:
+            raise self.error("at least one algorithm is needed", "auth.jwt.algorithms")
+        self.choice(j.default_role, _ROLES, "auth.jwt.default_role")
+        self.min(j.leeway, 0, "auth.jwt.leeway")
+        configured = bool(j.issuer and j.jwks_url)
+        if j.enabled and not configured:
+            raise self.error("JWT needs issuer and jwks_url", "auth.jwt.issuer")
+        if j.jwks_url and not j.jwks_url.startswith(("https://", "http://")):
+            raise self.error("must be an http(s) URL", "auth.jwt.jwks_url")
+        return msgspec.structs.replace(j, enabled=j.enabled or configured)
 
     def database(self, d: DatabaseConfig) -> DatabaseConfig:
         if not d.dsn:

@@ -13,6 +13,10 @@ Flow of one request::
     worker  --Started / Failed-->  router                  (the NATS reply of the exec request)
     router  --ErrorReply--> ingress inbox                  (when no target produced a response)
     ingress --Cancel on CANCEL--> every worker             (the client went away)
+
+Configuration (keys, orgs, teams, providers, routes, JWT settings) is not
+sent as messages: the admin service writes it to NATS KV and every service
+mirrors the buckets; the records are in :mod:`gandalf_common.records`.
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ ROUTER_EMBED: Final = "gandalf.router.embed"
 ROUTER_NATIVE: Final = "gandalf.router.native"
 ROUTER_WILDCARD: Final = "gandalf.router.*"
 ROUTER_QUEUE: Final = "router"
+
+#: ingress -> admin service: ``/admin/v1/*`` as request/reply (queue "admin").
+ADMIN_HTTP: Final = "gandalf.admin.http"
+ADMIN_QUEUE: Final = "admin"
+#: admin -> every ingress: drop cached responses (body: :class:`CachePurge`).
+CACHE_PURGE: Final = "gandalf.cache.purge"
 
 #: readiness pings (request/reply, any member of the queue group answers).
 PING_ROUTER: Final = "gandalf.ping.router"
@@ -278,6 +288,43 @@ class Cancel(Struct, frozen=True, kw_only=True):
     attempt: int = -1
 
 
+class Caller(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Who made a request, as the ingress authenticated it (API key, JWT or
+    the bootstrap admin key). The admin service authorizes with this."""
+
+    key_id: str = ""
+    org_id: str = "default"
+    team_id: str = ""
+    user_id: str = ""
+    role: str = "member"
+    #: apikey | jwt | admin_key
+    auth: str = "apikey"
+
+
+class AdminRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """ingress -> admin (``gandalf.admin.http``): one ``/admin/v1/*`` call."""
+
+    request_id: str
+    method: str
+    path: str
+    query: str = ""
+    body: bytes = b""
+    caller: Caller
+
+
+class AdminResponse(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = []
+
+
+class CachePurge(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Empty fields purge everything; otherwise only that model and/or key."""
+
+    model: str = ""
+    key_id: str = ""
+
+
 class Pong(Struct, frozen=True, kw_only=True):
     """Answer to a readiness ping."""
 
@@ -294,3 +341,6 @@ ctl_decoder = msgspec.msgpack.Decoder(CtlMsg)
 reply_decoder = msgspec.msgpack.Decoder(ReplyMsg)
 cancel_decoder = msgspec.msgpack.Decoder(Cancel)
 pong_decoder = msgspec.msgpack.Decoder(Pong)
+admin_request_decoder = msgspec.msgpack.Decoder(AdminRequest)
+admin_response_decoder = msgspec.msgpack.Decoder(AdminResponse)
+cache_purge_decoder = msgspec.msgpack.Decoder(CachePurge)
