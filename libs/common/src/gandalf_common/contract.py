@@ -171,6 +171,9 @@ class RouteRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     key_id: str = ""
     org_id: str = ""
     traceparent: str = ""
+    team_id: str = ""
+    #: The end user: a key's user, or a JWT's subject.
+    user_id: str = ""
     #: Set for ``op`` = native.
     native: NativeCall | None = None
 

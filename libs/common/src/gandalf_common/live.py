@@ -163,6 +163,12 @@ class LiveConfig:
             for r in cfg.routes:
                 self.routes[r.model_alias] = route_record(r)
 
+    @property
+    def loaded(self) -> bool:
+        """Static mode always; managed mode once every mirror has loaded."""
+        return not self.managed or (bool(self._mirrors)
+                                    and all(m.loaded.is_set() for m in self._mirrors))
+
     def on_change(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
 
@@ -261,3 +267,18 @@ class LiveConfig:
                     self.routes.pop(alias, None)
             self._notify(kind, ident, None)
             return
+
+
+class LiveService:
+    """Starts a process's shared :class:`LiveConfig` (a runtime ``BusService``;
+    put it before the services that read it)."""
+
+    def __init__(self, live: LiveConfig, *, keys: bool) -> None:
+        self.live = live
+        self.keys = keys
+
+    async def start(self, nc: Any) -> None:
+        await self.live.start(nc, keys=self.keys)
+
+    async def stop(self, timeout: float) -> None:
+        await self.live.stop()

@@ -20,8 +20,10 @@ from gandalf_common.bus import BodyStore
 from gandalf_common.config import GatewayConfig
 from gandalf_common.errors import error_body
 from gandalf_common.listen import parse_addr
+from gandalf_common.live import LiveConfig
 
-from .auth import KeyTable
+from .admin_proxy import AdminProxy
+from .auth import Authenticator
 from .handlers import Gateway, ModelsEndpoint, ProxyEndpoint
 from .inbox import ReplyInbox
 from .metrics import render
@@ -36,11 +38,11 @@ READY_CACHE_S = 1.0
 
 
 class Readiness:
-    """Ready when NATS is connected, a router answers, and a worker answers
-    for each enabled provider."""
+    """Ready when NATS is connected, the configuration is loaded, a router
+    answers, and a worker answers for each enabled provider."""
 
-    def __init__(self, cfg: GatewayConfig) -> None:
-        self.providers = [p.name for p in cfg.providers if p.enabled]
+    def __init__(self, live: LiveConfig) -> None:
+        self.live = live
         self.nc: NATS | None = None
         self.draining = False
         self._cached: tuple[float, bool, str] = (0.0, False, "starting")
@@ -59,7 +61,10 @@ class Readiness:
         nc = self.nc
         if nc is None or not nc.is_connected:
             return False, "nats not connected"
-        probes = [contract.PING_ROUTER] + [contract.ping_provider(p) for p in self.providers]
+        if not self.live.loaded:
+            return False, "configuration not loaded"
+        providers = [name for name, p in self.live.providers.items() if p.enabled]
+        probes = [contract.PING_ROUTER] + [contract.ping_provider(p) for p in providers]
         results = await asyncio.gather(*(nc.request(s, b"", timeout=1.0) for s in probes),
                                        return_exceptions=True)
         missing = [s.rsplit(".", 1)[-1] if s != contract.PING_ROUTER else "router"
@@ -69,23 +74,21 @@ class Readiness:
         return True, "ok"
 
 
-def _servable_aliases(cfg: GatewayConfig) -> set[str]:
-    """Aliases with at least one target on an enabled provider."""
-    enabled = {p.name for p in cfg.providers if p.enabled}
-    return {r.model_alias for r in cfg.routes if any(t.provider in enabled for t in r.targets)}
-
-
 def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: str = "",
-               nats_url: str = "") -> Starlette:
+               nats_url: str = "", live: LiveConfig | None = None) -> Starlette:
     """Build the ingress app. With ``nc`` the app shares a connection owned by
-    the caller; otherwise it connects to ``nats_url`` in its lifespan."""
-    gateway = Gateway(keys=KeyTable(cfg, admin_key_sha256),
-                      aliases={r.model_alias for r in cfg.routes},
-                      servable=_servable_aliases(cfg),
+    the caller; otherwise it connects to ``nats_url`` in its lifespan. A
+    ``live`` config passed in is started by its owner; otherwise the app
+    makes (and in managed mode starts) its own."""
+    own_live = live is None
+    live = live or LiveConfig(cfg)
+    gateway = Gateway(keys=Authenticator(live, admin_key_sha256, jwt=jwt_verifier(cfg)),
+                      live=live,
                       max_body=cfg.server.max_body_bytes,
                       write_timeout=cfg.server.write_timeout or 120.0,
                       read_timeout=cfg.server.read_timeout or 30.0)
-    readiness = Readiness(cfg)
+    live.on_change(lambda kind, _i, settings: _jwt_changed(gateway, kind, settings))
+    readiness = Readiness(live)
 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok")
@@ -117,6 +120,8 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
         @asynccontextmanager
         async def span(_: Starlette):  # type: ignore[no-untyped-def]
             conn = nc or await connect(nats_url, "gandalf-ingress")
+            if own_live:
+                await live.start(conn, keys=True)
             inbox = ReplyInbox()
             await inbox.start(conn)
             on_disconnect(conn, inbox.fail_all)
@@ -129,6 +134,8 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
                 yield
             finally:
                 readiness.draining = True
+                if own_live:
+                    await live.stop()
                 if nc is None:
                     await conn.drain()
 
@@ -157,6 +164,8 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
               methods=["GET"]),
         Route("/api/{action}", NativeEndpoint(gateway, contract.KIND_OLLAMA),
               methods=["POST"]),
+        Route("/admin/v1/{path:path}", AdminProxy(gateway),
+              methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
     ]
@@ -167,6 +176,32 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
     app.state.readiness = readiness
     fast = {"/v1/chat/completions": chat, "/v1/embeddings": embeddings, "/v1/messages": anthropic}
     return EdgeMiddleware(app, fast)  # type: ignore[return-value]
+
+
+def jwt_verifier(cfg: GatewayConfig) -> Any:
+    """The YAML's JWT settings (KV settings replace them at runtime)."""
+    if not cfg.auth.jwt.enabled:
+        return None
+    from .jwt_auth import JwtVerifier
+
+    return JwtVerifier.from_config(cfg.auth.jwt)
+
+
+def _jwt_changed(gateway: Gateway, kind: str, settings: Any) -> None:
+    if kind != "jwt":
+        return
+    from .jwt_auth import JwtVerifier
+
+    old = gateway.keys.jwt
+    gateway.keys.jwt = JwtVerifier(settings) if settings is not None and settings.enabled \
+        else None
+    if old is not None:
+        task = asyncio.ensure_future(old.aclose())
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+
+_BACKGROUND: set[asyncio.Future[Any]] = set()
 
 
 class _QuietServer(uvicorn.Server):
@@ -185,13 +220,15 @@ class IngressService:
     """The HTTP edge as a runtime ``HttpService``."""
 
     def __init__(self, cfg: GatewayConfig, *, admin_key_sha256: str = "",
-                 sock: socket.socket | None = None) -> None:
+                 sock: socket.socket | None = None, live: LiveConfig | None = None) -> None:
         self.cfg = cfg
         self.admin_key_sha256 = admin_key_sha256
         self.sock = sock
+        self.live = live
 
     async def serve(self, nc: NATS, stop: asyncio.Event) -> None:
-        app = create_app(self.cfg, nc=nc, admin_key_sha256=self.admin_key_sha256)
+        app = create_app(self.cfg, nc=nc, admin_key_sha256=self.admin_key_sha256,
+                         live=self.live)
         host, port = parse_addr(self.cfg.server.addr)
         config = uvicorn.Config(
             app, host=host, port=port, loop="none", http="httptools", lifespan="on",

@@ -19,8 +19,9 @@ from gandalf_common.errors import (
     ModelNotFoundError,
     PayloadTooLargeError,
 )
+from gandalf_common.live import LiveConfig
 
-from .auth import Identity, KeyTable
+from .auth import Authenticator, Identity
 from .metrics import CLIENT_DISCONNECTS, UPSTREAM_ERRORS
 from .relay import Receive, Relay, Send, send_json_error
 from .schemas import parse_chat, parse_embeddings
@@ -76,19 +77,35 @@ async def send_gateway_error(send: Send, exc: GatewayError) -> int:
 class Gateway:
     """State shared by the endpoints; built once in the app's lifespan."""
 
-    def __init__(self, *, keys: KeyTable, aliases: set[str], servable: set[str], max_body: int,
+    def __init__(self, *, keys: Authenticator, live: LiveConfig, max_body: int,
                  write_timeout: float, read_timeout: float, relay: Relay | None = None,
                  bodies: BodyStore | None = None) -> None:
         self.keys = keys
+        self.live = live
         #: Every routed alias (others are 404), and those /v1/models lists:
         #: a route whose providers are all disabled answers 503, unlisted.
-        self.aliases = aliases
-        self.servable = servable
+        #: Recomputed when providers or routes change (admin API, KV).
+        self.aliases: set[str] = set()
+        self.servable: set[str] = set()
+        self._catalog()
+        live.on_change(self._on_change)
         self.max_body = max_body
         self.write_timeout = write_timeout
         self.read_timeout = read_timeout
         self.relay = relay
         self.bodies = bodies
+
+
+    def _on_change(self, kind: str, _ident: str, _value: Any) -> None:
+        if kind in ("provider", "route"):
+            self._catalog()
+
+    def _catalog(self) -> None:
+        live = self.live
+        enabled = {name for name, p in live.providers.items() if p.enabled}
+        self.aliases = set(live.routes)
+        self.servable = {alias for alias, r in live.routes.items()
+                         if any(t.provider in enabled for t in r.targets)}
 
 
 class ProxyEndpoint:
@@ -103,7 +120,7 @@ class ProxyEndpoint:
         request_id: str = scope["state"]["request_id"]
         body_ref = ""
         try:
-            identity = gw.keys.authenticate(authorization(scope))
+            identity = await gw.keys.authenticate(authorization(scope))
             try:
                 async with asyncio.timeout(gw.read_timeout):
                     body = await read_body(scope, receive, gw.max_body)
@@ -149,7 +166,8 @@ class ProxyEndpoint:
         return RouteRequest(
             request_id=request_id, op=self.op, model=model, body=body, stream=stream,
             include_usage=include_usage, deadline=time.time() + self.gw.write_timeout,
-            key_id=identity.key_id, org_id=identity.org_id)
+            key_id=identity.key_id, org_id=identity.org_id,
+            team_id=identity.team_id, user_id=identity.user_id)
 
     async def _store_body(self, request_id: str, body: bytes) -> str:
         if self.gw.bodies is None:
@@ -177,7 +195,7 @@ class ModelsEndpoint:
             await self._anthropic(scope, receive, send)
             return
         try:
-            identity = self.gw.keys.authenticate(authorization(scope))
+            identity = await self.gw.keys.authenticate(authorization(scope))
         except GatewayError as exc:
             await send_gateway_error(send, exc)
             return

@@ -70,7 +70,7 @@ class NativeEndpoint:
         gw = self.gw
         request_id: str = scope["state"]["request_id"]
         try:
-            identity = gw.keys.authenticate(credentials(scope, self.kind))
+            identity = await gw.keys.authenticate(credentials(scope, self.kind))
             try:
                 async with asyncio.timeout(gw.read_timeout):
                     body = await read_body(scope, receive, gw.max_body)
@@ -115,6 +115,7 @@ class NativeEndpoint:
             request_id=request_id, op=contract.OP_NATIVE, model=model, body=body,
             stream=stream, deadline=time.time() + self.gw.write_timeout,
             key_id=identity.key_id, org_id=identity.org_id,
+            team_id=identity.team_id, user_id=identity.user_id,
             native=NativeCall(kind=self.kind, action=action, query=query, headers=forwarded))
 
     def _target(self, scope: Scope, data: dict[str, Any]) -> tuple[str, str, bool]:
@@ -172,7 +173,7 @@ class NativeModelsEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            identity = self.gw.keys.authenticate(credentials(scope, self.kind))
+            identity = await self.gw.keys.authenticate(credentials(scope, self.kind))
         except GatewayError as exc:
             await send_json_error(send, exc.status, native_error_body(
                 self.kind, exc.status, exc.message, type=exc.type, code=exc.code))

@@ -1,0 +1,68 @@
+"""``/admin/v1/*`` on the public port: authenticated here, forwarded over
+NATS to the admin service (any replica), answered as it answers.
+
+The ingress vouches for the caller (``Caller`` in the request); the admin
+service decides what that caller may do, with one route table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from gandalf_common import contract
+from gandalf_common.contract import AdminRequest, admin_response_decoder, encode
+from gandalf_common.errors import GatewayError
+
+from .handlers import Gateway, Scope, _ClientGone, authorization, read_body, send_gateway_error
+from .relay import Receive, Send
+
+#: Admin bodies are small (the original's limit); they also fit one NATS message.
+MAX_ADMIN_BODY = 1024 * 1024 - 16 * 1024
+ADMIN_TIMEOUT_S = 15.0
+
+
+class AdminProxy:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw = self.gw
+        try:
+            identity = await gw.keys.authenticate(authorization(scope))
+            try:
+                async with asyncio.timeout(gw.read_timeout):
+                    body = await read_body(scope, receive, MAX_ADMIN_BODY)
+            except TimeoutError:
+                raise GatewayError(f"request body not received within {gw.read_timeout:g}s",
+                                   status=408, code="request_timeout") from None
+            if gw.relay is None:
+                raise GatewayError("gateway is starting", status=503)
+            request = AdminRequest(
+                request_id=scope["state"]["request_id"], method=scope["method"],
+                path=scope["path"], query=scope.get("query_string", b"").decode("latin-1"),
+                body=body, caller=identity.caller())
+            try:
+                msg = await gw.relay.nc.request(contract.ADMIN_HTTP, encode(request),
+                                                timeout=ADMIN_TIMEOUT_S)
+            except NoRespondersError:
+                raise GatewayError("the admin service is not running", status=503,
+                                   code="admin_unavailable", retry_after=1) from None
+            except (NatsTimeoutError, TimeoutError):
+                raise GatewayError("the admin service did not answer in time", status=504,
+                                   code="admin_timeout") from None
+        except _ClientGone:
+            return
+        except GatewayError as exc:
+            await send_gateway_error(send, exc)
+            return
+        response = admin_response_decoder.decode(msg.data)
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                   for k, v in response.headers]
+        if not any(k == b"content-type" for k, _ in headers) and response.body:
+            headers.append((b"content-type", b"application/json"))
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
