@@ -1,83 +1,92 @@
-"""Composition root of the provider workers: config -> adapters -> queue groups."""
+"""Composition root of the provider workers: config -> adapters -> queue groups.
+
+Providers come from :class:`~gandalf_common.live.LiveConfig` (the YAML in
+static mode, the admin's NATS KV buckets in managed mode) and are followed at
+runtime by :class:`~gandalf_workers.pools.LivePools`.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from gandalf_common import contract
-from gandalf_common.bus import BodyStore, serve_pings, unsubscribe_all
+from gandalf_common.bus import unsubscribe_all
 from gandalf_common.config import GatewayConfig
-from gandalf_common.contract import Pong, encode
+from gandalf_common.crypto import SecretBox, SecretError
+from gandalf_common.live import LiveConfig
 
 from .handlers import ProviderPool
-from .providers.registry import build_provider
+from .pools import LivePools
+from .pools import safe_url as safe_url
 
 log = logging.getLogger("gandalf.worker")
 
-def safe_url(url: str) -> str:
-    """The URL without credentials or query (some put keys there)."""
-    parsed = urlsplit(url)
-    host = parsed.hostname or ""
-    port = f":{parsed.port}" if parsed.port else ""
-    return f"{parsed.scheme}://{host}{port}{parsed.path}"
-
 
 class WorkerService:
-    """Serves the queue groups of the selected provider instances."""
+    """Serves the queue groups of the selected provider instances.
 
-    def __init__(self, cfg: GatewayConfig, providers: list[str] | None = None) -> None:
+    ``providers``: serve only these ids (all enabled ones when None). In
+    static mode an unknown or disabled id is a ``ValueError`` at once; in
+    managed mode it is served as soon as it is configured and enabled.
+
+    ``live``: a :class:`LiveConfig` shared with other services of the
+    process; its owner (the process runtime) starts and stops it. Without
+    one the service builds its own from ``cfg`` (static from the YAML, or
+    managed when the deployment has a database) and starts/stops it itself.
+    """
+
+    def __init__(self, cfg: GatewayConfig, providers: list[str] | None = None,
+                 live: LiveConfig | None = None) -> None:
         self.cfg = cfg
+        self._owns_live = live is None
+        self.live = LiveConfig(cfg) if live is None else live
         wanted = set(providers) if providers else None
-        self.providers = [p for p in cfg.providers
-                          if p.enabled and (wanted is None or p.name in wanted)]
-        if wanted:
-            missing = wanted - {p.name for p in self.providers}
+        if wanted and not self.live.managed:
+            enabled = {name for name, p in self.live.providers.items() if p.enabled}
+            missing = wanted - enabled
             if missing:
                 raise ValueError(f"unknown or disabled provider(s): {', '.join(sorted(missing))}")
-        self.pools: dict[str, ProviderPool] = {}
+        box: SecretBox | None = None
+        if self.live.managed:
+            try:
+                box = SecretBox.from_env()
+            except SecretError as exc:  # providers with secrets are skipped, logged
+                log.error("worker: %s; providers with secrets cannot be served", exc)
+        self._pools = LivePools(self.live, wanted=wanted, box=box,
+                                drain_timeout=cfg.server.shutdown_timeout or 30.0)
         self._subs: list[Subscription] = []
 
+    @property
+    def pools(self) -> dict[str, ProviderPool]:
+        """Provider id -> the pool taking its new requests."""
+        return {ident: served.pool for ident, served in self._pools.served.items()}
+
     async def start(self, nc: NATS) -> None:
-        bodies = BodyStore(nc)
-        for pcfg in self.providers:
-            pool = ProviderPool(nc, build_provider(pcfg),
-                                max_concurrency=pcfg.max_concurrency,
-                                ttfb_timeout=pcfg.timeout_ms / 1000, bodies=bodies,
-                                provider_type=pcfg.type)
-            self.pools[pcfg.name] = pool
-            queue = contract.provider_queue(pcfg.name)
-            self._subs.append(await nc.subscribe(
-                contract.provider_wildcard(pcfg.name), queue=queue, cb=pool.on_exec,
-                pending_msgs_limit=65536, pending_bytes_limit=256 * 1024 * 1024))
-            pong = encode(Pong(service="worker", instance=pcfg.name, pid=os.getpid()))
-            self._subs.append(await serve_pings(nc, contract.ping_provider(pcfg.name), queue,
-                                                pong))
-            log.info("worker serving provider %s (%s) at %s", pcfg.name, pcfg.type,
-                     safe_url(pcfg.base_url))
-        if self.pools:
-            self._subs.append(await nc.subscribe(contract.CANCEL, cb=self._on_cancel))
+        if self._owns_live:
+            await self.live.start(nc)
+        # Before the pools: a cancel must find every call (pools may come later).
+        self._subs.append(await nc.subscribe(contract.CANCEL, cb=self._on_cancel))
+        await self._pools.start(nc)
+
+    async def settled(self) -> None:
+        """Returns once every configuration change seen so far is applied."""
+        await self._pools.settled()
 
     async def _on_cancel(self, msg: Msg) -> None:
-        for pool in self.pools.values():
+        for pool in self._pools.pools():  # retiring pools too: their calls still run
             await pool.on_cancel(msg)
 
     def inflight(self) -> int:
-        return sum(len(p.inflight) for p in self.pools.values())
+        return sum(len(p.inflight) for p in self._pools.pools())
 
     async def stop(self, timeout: float) -> None:
         """Stop taking work, let in-flight calls finish up to ``timeout``."""
+        await self._pools.stop(timeout)
+        # Last: a client that leaves while its call drains still cancels it.
         await unsubscribe_all(self._subs)
-        tasks = [t for p in self.pools.values() for _, t in p.inflight.values()]
-        if tasks:
-            _done, pending = await asyncio.wait(tasks, timeout=timeout)
-            for task in pending:
-                task.cancel()
-        for pool in self.pools.values():
-            await pool.provider.aclose()
+        if self._owns_live:
+            await self.live.stop()

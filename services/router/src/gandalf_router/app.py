@@ -1,5 +1,11 @@
 """The router: picks a target for each request and fails over before the
-first byte reached the client (invariant 2)."""
+first byte reached the client (invariant 2).
+
+Providers and routes come from :class:`~gandalf_common.live.LiveConfig`:
+the YAML (static mode) or the admin's NATS KV buckets (managed mode). A
+change marks the route table stale; the next request builds a new table and
+swaps the reference, so in-flight requests keep the table they started with.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from gandalf_common.contract import (
     route_decoder,
 )
 from gandalf_common.errors import ModelNotFoundError
+from gandalf_common.live import LiveConfig
 
 from .routing import RouteTable, verdict
 
@@ -38,13 +45,42 @@ log = logging.getLogger("gandalf.router")
 
 
 class RouterService:
-    def __init__(self, cfg: GatewayConfig) -> None:
-        self.table = RouteTable(cfg)
+    """``live``: a :class:`LiveConfig` shared with other services of the
+    process; its owner (the process runtime) starts and stops it. Without
+    one the router builds its own from ``cfg`` (static from the YAML, or
+    managed when the deployment has a database) and starts/stops it itself.
+    """
+
+    def __init__(self, cfg: GatewayConfig, live: LiveConfig | None = None) -> None:
+        self._owns_live = live is None
+        self.live = LiveConfig(cfg) if live is None else live
+        self._table = RouteTable.from_live(self.live)
+        self._stale = False
+        self.live.on_change(self._on_config_change)
         self._nc: NATS | None = None
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def table(self) -> RouteTable:
+        """The current route table, rebuilt after a provider or route change.
+
+        Rebuilt on first use rather than in the listener: loading a bucket of
+        N records costs one build, not N. The build is synchronous (no await),
+        so nobody ever sees a half-built table.
+        """
+        if self._stale:
+            self._stale = False
+            self._table = RouteTable.from_live(self.live)
+        return self._table
+
+    def _on_config_change(self, kind: str, ident: str, _record: object) -> None:
+        if kind in ("provider", "route"):
+            self._stale = True
+
     async def start(self, nc: NATS) -> None:
+        if self._owns_live:
+            await self.live.start(nc)
         self._nc = nc
         self._subs.append(await nc.subscribe(
             contract.ROUTER_WILDCARD, queue=contract.ROUTER_QUEUE, cb=self._on_request,
@@ -64,14 +100,15 @@ class RouterService:
     async def _route(self, req: RouteRequest, reply_to: str) -> None:
         nc = self._nc
         assert nc is not None
-        targets = self.table.targets(req.model)
+        table = self.table  # this request's view, whatever changes meanwhile
+        targets = table.targets(req.model)
         if targets is None:
             err = ModelNotFoundError(req.model)
             await nc.publish(reply_to, encode(ErrorReply(
                 status=404, type="invalid_request_error", code=err.code, message=err.message)))
             return
         kind = req.native.kind if req.native is not None else ""
-        able = self.table.able(targets, req.op, kind)
+        able = table.able(targets, req.op, kind)
         if targets and not able:
             what = f"the {kind} API" if kind else f"the {req.op} operation"
             await nc.publish(reply_to, encode(ErrorReply(
@@ -126,3 +163,5 @@ class RouterService:
             for task in pending:
                 log.warning("router: request %s still waiting at shutdown", task.get_name())
                 task.cancel()
+        if self._owns_live:
+            await self.live.stop()

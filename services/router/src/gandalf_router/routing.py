@@ -3,29 +3,49 @@ when every target failed. No I/O here."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from gandalf_common.config import GatewayConfig, RouteTargetConfig
+from gandalf_common.config import GatewayConfig
 from gandalf_common.contract import ErrorReply, Failed, serves
+from gandalf_common.live import LiveConfig
+from gandalf_common.records import ProviderRecord, RouteRecord, RouteTargetRecord
 
 
 class RouteTable:
-    """Model alias -> targets in failover order, for enabled providers only."""
+    """Model alias -> targets in failover order, for enabled providers only.
 
-    def __init__(self, cfg: GatewayConfig) -> None:
-        enabled = {p.name for p in cfg.providers if p.enabled}
-        self._types = {p.name: p.type for p in cfg.providers}
-        self._targets: dict[str, list[RouteTargetConfig]] = {
-            route.model_alias: [t for t in route.targets if t.provider in enabled]
-            for route in cfg.routes
+    Immutable once built: the router builds a new table when providers or
+    routes change and swaps the reference, so a request keeps the table it
+    started with.
+    """
+
+    def __init__(self, providers: Mapping[str, ProviderRecord],
+                 routes: Mapping[str, RouteRecord]) -> None:
+        enabled = {name for name, p in providers.items() if p.enabled}
+        self._types = {name: p.type for name, p in providers.items()}
+        # Stable sort by priority, as the YAML loader does: equal priorities
+        # keep their order (already sorted YAML routes are unchanged).
+        self._targets: dict[str, list[RouteTargetRecord]] = {
+            alias: sorted((t for t in route.targets if t.provider in enabled),
+                          key=lambda t: t.priority)
+            for alias, route in routes.items()
         }
 
-    def targets(self, alias: str) -> list[RouteTargetConfig] | None:
+    @classmethod
+    def from_live(cls, live: LiveConfig) -> RouteTable:
+        return cls(live.providers, live.routes)
+
+    @classmethod
+    def from_config(cls, cfg: GatewayConfig) -> RouteTable:
+        """The table of a YAML configuration (static mode)."""
+        return cls.from_live(LiveConfig(cfg, managed=False))
+
+    def targets(self, alias: str) -> list[RouteTargetRecord] | None:
         """``None`` when no route exists; an empty list when no target is enabled."""
         return self._targets.get(alias)
 
-    def able(self, targets: list[RouteTargetConfig], op: str,
-             kind: str = "") -> list[RouteTargetConfig]:
+    def able(self, targets: list[RouteTargetRecord], op: str,
+             kind: str = "") -> list[RouteTargetRecord]:
         """The targets whose provider type can serve ``op`` (and native ``kind``):
         skipped without a round trip, so e.g. embeddings on a route that
         starts with Anthropic go straight to the next target."""
