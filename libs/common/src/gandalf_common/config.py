@@ -364,6 +364,11 @@ class _Validator:
         configured = bool(j.issuer and j.jwks_url)
         if j.enabled and not configured:
             raise self.error("JWT needs issuer and jwks_url", "auth.jwt.issuer")
+        if (j.enabled or configured) and not j.audience:
+            # OIDC tokens always carry aud; without ours to check, any token the
+            # issuer minted for any client would do.
+            raise self.error("JWT needs an audience (the client id tokens are issued to)",
+                             "auth.jwt.audience")
         if j.jwks_url and not j.jwks_url.startswith(("https://", "http://")):
             raise self.error("must be an http(s) URL", "auth.jwt.jwks_url")
         return msgspec.structs.replace(j, enabled=j.enabled or configured)
