@@ -93,7 +93,8 @@ class AdminService:
         try:
             kv = await open_buckets(nc, self.keys_bucket, self.config_bucket)
             self.repl = Replicator(store, kv, keys_bucket=self.keys_bucket,
-                                   config_bucket=self.config_bucket)
+                                   config_bucket=self.config_bucket,
+                                   connected=lambda: nc.is_connected)
             async with store.locked() as conn:
                 await bootstrap(conn, self.cfg, box)
                 await self.repl.sync_locked(conn)

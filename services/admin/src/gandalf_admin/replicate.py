@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -144,11 +144,16 @@ async def snapshot(kv: KeyValue) -> dict[str, bytes]:
 
 class Replicator:
     def __init__(self, store: Store, kv: dict[str, KeyValue], *,
-                 keys_bucket: str = KEYS_BUCKET, config_bucket: str = CONFIG_BUCKET) -> None:
+                 keys_bucket: str = KEYS_BUCKET, config_bucket: str = CONFIG_BUCKET,
+                 connected: Callable[[], bool] = lambda: True) -> None:
         self.store = store
         self.kv = kv
         self.keys_bucket = keys_bucket
         self.config_bucket = config_bucket
+        #: While NATS is away a publish would only wait for its timeout.
+        self._connected = connected
+        self.retry_min_s = RETRY_MIN_S
+        self.retry_max_s = RETRY_MAX_S
         self._dirty = asyncio.Event()
         self._retry_task: asyncio.Task[None] | None = None
         self.syncs = 0  # full syncs done (tests and logs)
@@ -173,6 +178,8 @@ class Replicator:
         if not changes:
             return
         try:
+            if not self._connected():
+                raise ConnectionError("not connected to NATS")
             async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                 for change in changes:
                     kv = self.kv[change.bucket]
@@ -193,6 +200,8 @@ class Replicator:
 
     async def sync_locked(self, conn: asyncpg.Connection) -> None:
         """Make KV equal the database; the caller holds the replication lock."""
+        if not self._connected():
+            raise ConnectionError("not connected to NATS")
         # One snapshot of the database (repeatable read), however long KV takes.
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             keys, config = await desired_state(PgRepos(conn))
@@ -221,7 +230,7 @@ class Replicator:
             self._retry_task = asyncio.create_task(self._retry(), name="admin-kv-resync")
 
     async def _retry(self) -> None:
-        delay = RETRY_MIN_S
+        delay = self.retry_min_s
         while self._dirty.is_set():
             await asyncio.sleep(delay)
             # Cleared before the sync: a publish failing during it sets it again.
@@ -231,7 +240,7 @@ class Replicator:
                 log.info("KV converged to the database after a failed publish")
             except Exception as exc:  # noqa: BLE001 - keep retrying until it works
                 self._dirty.set()
-                delay = min(delay * 2, RETRY_MAX_S)
+                delay = min(delay * 2, self.retry_max_s)
                 log.warning("KV full sync failed (%s: %s); retrying in %.1fs",
                             type(exc).__name__, exc, delay)
 
