@@ -15,7 +15,11 @@ from .errors import bad_request
 
 
 def _validator() -> _Validator:
-    return _Validator(ConvertContext(ConfigLoader(""), "admin", {}))
+    ctx = ConvertContext(ConfigLoader(""), "admin", {})
+    # The validator walks a failing path up until it finds the key's YAML
+    # line; without a YAML file, give it the roots to stop at (it would loop).
+    ctx.lines.update({"providers[0]": None, "auth.jwt": None})
+    return _Validator(ctx)
 
 
 def _param(path: str, prefix: str, renames: dict[str, str] | None = None) -> str:

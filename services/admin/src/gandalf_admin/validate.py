@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -60,6 +60,8 @@ def changes_of(body: Struct, *, skip: frozenset[str] = frozenset()) -> dict[str,
             continue
         if name == "allowed_models" and not value:
             value = None  # [] and null both mean "no list at this level" (inherit)
+        elif isinstance(value, datetime):
+            value = value.astimezone(UTC)  # any offset in, UTC out (as the DB returns it)
         out[name] = value
     return out
 
