@@ -31,6 +31,12 @@ from gandalf_common.records import (
     TEAM_PREFIX,
     JwtSettings,
     encode_record,
+    jwt_decoder,
+    key_decoder,
+    org_decoder,
+    provider_decoder,
+    route_decoder,
+    team_decoder,
 )
 
 from . import convert
@@ -124,6 +130,26 @@ async def desired_state(repos: Repos) -> tuple[dict[str, bytes], dict[str, bytes
     return keys, config
 
 
+_CONFIG_DECODERS = ((ORG_PREFIX, org_decoder), (TEAM_PREFIX, team_decoder),
+                    (PROVIDER_PREFIX, provider_decoder), (ROUTE_PREFIX, route_decoder),
+                    (JWT_KEY, jwt_decoder))
+
+
+def decode_entry(key: str, raw: bytes, *, keys_bucket: bool) -> object:
+    """An entry as a record, to compare by value: the msgpack bytes of equal
+    records can differ (msgspec's omit_defaults compares strings by identity,
+    so ``role="member"`` read from the database is encoded, the literal not)."""
+    try:
+        if keys_bucket:
+            return key_decoder.decode(raw)
+        for prefix, decoder in _CONFIG_DECODERS:
+            if key.startswith(prefix):
+                return decoder.decode(raw)
+    except Exception:  # noqa: BLE001 - undecodable: different from anything we write
+        return raw
+    return raw
+
+
 async def snapshot(kv: KeyValue) -> dict[str, bytes]:
     """Every live entry of a bucket (latest value per key)."""
     watcher = await kv.watchall(ignore_deletes=True)
@@ -210,8 +236,12 @@ class Replicator:
                                     (self.config_bucket, config, _OWNED_PREFIXES)):
             kv = self.kv[bucket]
             have = await snapshot(kv)
+            is_keys = owned is None
             for key, value in want.items():
-                if have.get(key) != value:
+                old = have.get(key)
+                # Unchanged entries are not rewritten: every put wakes every mirror.
+                if old is None or decode_entry(key, old, keys_bucket=is_keys) != decode_entry(
+                        key, value, keys_bucket=is_keys):
                     await kv.put(key, value)
                     puts += 1
             for key in have.keys() - want.keys():
