@@ -285,6 +285,10 @@ async def test_cache_purge_and_protocol_errors(nats_url: str, fresh_pg_dsn: str)
             400, "name")
         assert await _error(admin, "POST", "/admin/v1/organizations",
                             {"id": "a/b", "name": "x"}) == (400, "id")
+        # PostgreSQL text cannot hold NUL: a 400, not a 500 with the driver's text.
+        status, payload = await admin.call("POST", "/admin/v1/organizations",
+                                           body={"name": "nul\u0000byte"})
+        assert status == 400 and "asyncpg" not in str(payload)
         # Over 1 MiB (larger than a NATS message: the ingress never forwards it).
         resp = await admin.direct("POST", "/admin/v1/organizations",
                                   body=b'{"name": "' + b"x" * (1 << 20) + b'"}')

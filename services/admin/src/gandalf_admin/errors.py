@@ -64,6 +64,9 @@ def from_db_error(exc: BaseException) -> ApiError:
     if isinstance(exc, asyncpg.ForeignKeyViolationError):
         param = _CONSTRAINT_PARAMS.get(exc.constraint_name or "")
         return bad_request(f"{param or 'a referenced resource'} does not exist", param)
+    if isinstance(exc, asyncpg.DataError):
+        # e.g. a NUL character, which PostgreSQL text cannot hold.
+        return bad_request("a value in the request cannot be stored (invalid characters?)")
     return internal()
 
 

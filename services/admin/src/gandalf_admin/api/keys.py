@@ -21,6 +21,7 @@ from ..deps import Deps
 from ..errors import bad_request, forbidden, not_found
 from ..keygen import PREFIX_LEN, hash_key, new_key
 from ..replicate import Write
+from ..store.ports import Repos
 from ..store.rows import KeyRow, replace
 from ..validate import (
     Ident,
@@ -83,8 +84,8 @@ def key_view(row: KeyRow) -> KeyOut:
     return KeyOut(**{f: getattr(row, f) for f in _OUT_FIELDS})
 
 
-async def _visible(w_or_repos: Any, access: Access, key_id: str) -> KeyRow:
-    row = await w_or_repos.keys.get(key_id)
+async def _visible(repos: Repos, access: Access, key_id: str) -> KeyRow:
+    row = await repos.keys.get(key_id)
     if row is None or not access.sees_key(row):
         raise not_found("key")
     return row
