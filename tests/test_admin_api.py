@@ -78,7 +78,19 @@ async def test_orgs_and_teams_round_trip(nats_url: str, fresh_pg_dsn: str) -> No
         status, listing = await admin.call("GET", "/admin/v1/teams", query="org_id=acme")
         assert listing == {"data": [team], "pagination": {"offset": 0, "limit": 50, "total": 1}}
 
-        # An org with a team and a key: 409, then ?force=true cascades (KV too).
+        # A team with keys: 409, then ?force=true detaches them (KV follows).
+        await admin.call("POST", "/admin/v1/teams", body={"id": "tmp", "org_id": "acme",
+                                                          "name": "Tmp"})
+        status, member = await admin.call("POST", "/admin/v1/keys",
+                                          body={"org_id": "acme", "team_id": "tmp"})
+        assert status == 201
+        assert await _error(admin, "DELETE", "/admin/v1/teams/tmp") == (409, "id")
+        assert (await admin.call("DELETE", "/admin/v1/teams/tmp", query="force=true"))[0] == 204
+        assert config_key(TEAM_PREFIX, "tmp") not in await admin.kv_config()
+        assert [r.team_id for r in (await admin.kv_keys()).values()] == [None]
+        assert (await admin.call("GET", f"/admin/v1/keys/{member['id']}"))[1]["team_id"] is None
+
+        # An org with a team and keys: 409, then ?force=true cascades (KV too).
         status, key = await admin.call("POST", "/admin/v1/keys",
                                        body={"org_id": "acme", "team_id": "ml"})
         assert status == 201
