@@ -111,32 +111,40 @@ def _run_node(args: argparse.Namespace, cfg: GatewayConfig, *, ingress: bool, ro
     from .runtime import BusService, HttpService, configure_logging, install_uvloop, run_services
 
     configure_logging(getattr(args, "log_level", None) or "info")
+    from .live import LiveConfig, LiveService
+
     url = nats_url(args, cfg)
     services: list[BusService] = []
     http: HttpService | None = None
-    if router:
-        from gandalf_router.app import RouterService
-
-        services.append(RouterService(cfg))
-    if workers:
-        from gandalf_workers.app import WorkerService
-
-        try:
-            services.append(WorkerService(cfg, providers))
-        except ValueError as exc:
-            raise SystemExit(f"gandalf: {exc}") from None
     if aux:
+        # First: the admin service creates and fills the KV buckets the
+        # others wait for.
         from gandalf_admin.app import AdminService
         from gandalf_usage.app import UsageService
 
         dsn = getattr(args, "database_url", "") or cfg.database.url
-        services += [AdminService(dsn), UsageService(dsn)]
+        services += [AdminService(cfg, dsn), UsageService(dsn)]
+    # One mirror of the configuration per process, shared by its services.
+    live = LiveConfig(cfg)
+    services.append(LiveService(live, keys=ingress))
+    if router:
+        from gandalf_router.app import RouterService
+
+        services.append(RouterService(cfg, live))
+    if workers:
+        from gandalf_workers.app import WorkerService
+
+        try:
+            services.append(WorkerService(cfg, providers, live=live))
+        except ValueError as exc:
+            raise SystemExit(f"gandalf: {exc}") from None
     if ingress:
         from gandalf_ingress.app import IngressService
 
         fd = getattr(args, "fd", -1)
         sock = socket.socket(fileno=fd) if fd >= 0 else None
-        http = IngressService(cfg, admin_key_sha256=admin_key_sha256(cfg), sock=sock)
+        http = IngressService(cfg, admin_key_sha256=admin_key_sha256(cfg), sock=sock,
+                              live=live)
     run = install_uvloop()
     run(run_services(url, f"gandalf-{args.command}", services, http,
                      shutdown_timeout=cfg.server.shutdown_timeout or 30.0))
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     elif command == "admin":
         from gandalf_admin.app import AdminService
 
-        _run_single(args, cfg, AdminService(cfg.database.url))
+        _run_single(args, cfg, AdminService(cfg, cfg.database.url))
 
 
 def _run_single(args: argparse.Namespace, cfg: GatewayConfig, service: object) -> None:

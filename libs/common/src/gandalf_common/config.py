@@ -304,7 +304,8 @@ class _Validator:
         # Fall back to the nearest enclosing path with a known line (defaults have none).
         probe = path
         while probe and probe not in self.ctx.lines:
-            probe = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", probe)
+            shorter = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", probe)
+            probe = "" if shorter == probe else shorter  # a root key: no line known
         line = self.ctx.lines.get(probe)
         return ConfigError(msg, path=path, line=line, source=self.ctx.source)
 

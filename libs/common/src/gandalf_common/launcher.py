@@ -33,6 +33,26 @@ def _say(message: str) -> None:
     print(f"gandalf: {message}", file=sys.stderr, flush=True)
 
 
+def _encryption_key(state: Path) -> str:
+    """GANDALF_ENCRYPTION_KEY, or one generated on first start and kept (0600)
+    in the state directory: provider secrets are sealed with it."""
+    from .crypto import ENV_KEY, generate_key, parse_key
+
+    key = os.environ.get(ENV_KEY, "")
+    if key:
+        parse_key(key)  # fail early on a malformed key
+        return key
+    path = state / "encryption-key"
+    if path.exists():
+        return path.read_text().strip()
+    key = generate_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    _say(f"generated the secrets encryption key ({path}); back it up with the database")
+    return key
+
+
 def _admin_key(cfg: GatewayConfig, state: Path) -> str:
     """SHA-256 of the bootstrap admin key, generating one on first start when
     neither GANDALF_ADMIN_KEY nor any configured key exists."""
@@ -119,7 +139,11 @@ def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
         except OSError as exc:
             raise SystemExit(f"gandalf: cannot listen on {cfg.server.addr}: {exc}") from None
         count = args.processes or cfg.server.processes or min(os.cpu_count() or 1, 4)
-        env = dict(os.environ, GANDALF_NATS_URL=nats_url)
+        from .crypto import ENV_KEY
+
+        # Managed: the admin service owns the configuration and replicates it.
+        env = dict(os.environ, GANDALF_NATS_URL=nats_url, GANDALF_MANAGED="1")
+        env[ENV_KEY] = _encryption_key(state)
         if digest:
             env["GANDALF_ADMIN_KEY_SHA256"] = digest
         base = [sys.executable, "-m", "gandalf_common.cli", "node",
