@@ -12,6 +12,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
 PATH = "/.well-known/jwks.json"
 
 
@@ -82,3 +87,22 @@ class JwksServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# A signing key for tests: the private half signs tokens, ``jwk`` is served.
+class Key:
+    def __init__(self, private: Any, kid: str, alg: str) -> None:
+        self.private, self.kid, self.alg = private, kid, alg
+        public = private.public_key()
+        algo = RSAAlgorithm if isinstance(private, rsa.RSAPrivateKey) else ECAlgorithm
+        self.jwk: dict[str, Any] = {**algo.to_jwk(public, as_dict=True), "kid": kid,
+                                    "alg": alg, "use": "sig"}
+        self.public_pem = public.public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def sign(self, claims: dict[str, Any], *, kid: str | None = "default",
+             alg: str | None = None, headers: dict[str, Any] | None = None) -> str:
+        hdr = dict(headers or {})
+        if kid is not None:
+            hdr["kid"] = self.kid if kid == "default" else kid
+        return jwt.encode(claims, self.private, algorithm=alg or self.alg, headers=hdr)

@@ -21,15 +21,13 @@ from typing import Any
 import jwt
 import msgspec
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from gandalf_common.config import JwtClaimsConfig, JwtConfig, load_config
 from gandalf_common.records import ClaimMapping, JwtSettings
 from gandalf_ingress.jwks import KeyLookupError, key_fits
 from gandalf_ingress.jwt_auth import JwtError, JwtIdentity, JwtVerifier, claim_at
-from jwks_server import JwksServer
+from jwks_server import JwksServer, Key
 
 ROOT = Path(__file__).resolve().parent.parent
 ISSUER = "https://idp.test/dex"
@@ -47,24 +45,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-class Key:
-    def __init__(self, private: Any, kid: str, alg: str) -> None:
-        self.private, self.kid, self.alg = private, kid, alg
-        public = private.public_key()
-        algo = RSAAlgorithm if isinstance(private, rsa.RSAPrivateKey) else ECAlgorithm
-        self.jwk: dict[str, Any] = {**algo.to_jwk(public, as_dict=True), "kid": kid,
-                                    "alg": alg, "use": "sig"}
-        self.public_pem = public.public_bytes(serialization.Encoding.PEM,
-                                              serialization.PublicFormat.SubjectPublicKeyInfo)
-
-    def sign(self, claims: dict[str, Any], *, kid: str | None = "default",
-             alg: str | None = None, headers: dict[str, Any] | None = None) -> str:
-        hdr = dict(headers or {})
-        if kid is not None:
-            hdr["kid"] = self.kid if kid == "default" else kid
-        return jwt.encode(claims, self.private, algorithm=alg or self.alg, headers=hdr)
 
 
 def _rsa(kid: str) -> Key:
