@@ -141,7 +141,10 @@ class EmbeddedNats:
         self._log_file = self.log_path.open("ab")
         cmd = [binary, "-c", str(conf), "-js", "-sd", str(self.store_dir)]
         self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT
+            cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
+            # Its own session: a Ctrl-C or a group-wide SIGTERM reaches the
+            # launcher, which stops the gateway first and NATS last.
+            start_new_session=True
         )
         # Best effort against orphaned servers when the owner exits without stop().
         atexit.register(self.stop)

@@ -4,6 +4,7 @@ handling, and an orderly drain (HTTP edge first, then the bus services)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -48,17 +49,21 @@ async def run_services(nats_url: str, name: str, services: list[BusService],
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     nc = await connect(nats_url, name)
+    started: list[BusService] = []
     try:
         for service in services:
-            await service.start(nc)
-        if ready is not None:
-            ready.set()
-        if http is not None:
-            await http.serve(nc, stop)
+            if not await _start_unless_stopped(service, nc, stop):
+                break
+            started.append(service)
         else:
-            await stop.wait()
+            if ready is not None:
+                ready.set()
+            if http is not None:
+                await http.serve(nc, stop)
+            else:
+                await stop.wait()
         log.info("%s: draining (up to %.0fs)", name, shutdown_timeout)
-        await asyncio.gather(*(_timed_stop(s, shutdown_timeout) for s in services))
+        await asyncio.gather(*(_timed_stop(s, shutdown_timeout) for s in started))
     finally:
         try:
             await asyncio.wait_for(nc.drain(), timeout=5)
@@ -66,6 +71,22 @@ async def run_services(nats_url: str, name: str, services: list[BusService],
             await nc.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def _start_unless_stopped(service: BusService, nc: NATS, stop: asyncio.Event) -> bool:
+    """Start a service; a stop signal during a slow start (e.g. waiting for
+    the configuration buckets) abandons it instead of hanging."""
+    starting = asyncio.ensure_future(service.start(nc))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if starting.done():
+        starting.result()  # a failed start raises here
+        return True
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await starting
+    return False
 
 
 async def _timed_stop(service: BusService, timeout: float) -> None:
