@@ -159,21 +159,28 @@ async def test_revoked_key_refused_by_every_ingress_within_a_second(
     for port in ports:
         config = tmp_path / f"ingress-{port}.yaml"
         config.write_text(managed_yaml(port, managed.cfg.database.url, upstream.base_url))
-        env = dict(os.environ, GANDALF_NATS_URL=managed.nc.connected_url.geturl()
+        env = dict(os.environ, GANDALF_ADMIN_KEY=ADMIN_KEY,
+                   GANDALF_NATS_URL=managed.nc.connected_url.geturl()
                    if managed.nc.connected_url else "")
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "gandalf_common.cli", "ingress", "--config", str(config),
              "--log-level", "warning"], env=env))
     try:
-        async with admin(managed) as api:
-            r = await api.post("/keys", json={"role": "member", "name": "to-revoke"})
-            key, key_id = r.json()["key"], r.json()["id"]
         urls = [f"http://127.0.0.1:{p}/v1" for p in ports]
+        boot = {"authorization": f"Bearer {ADMIN_KEY}"}
         async with httpx.AsyncClient(timeout=5) as http:
-            for url in urls:  # both serve the key (waiting for them to start)
-                await eventually(lambda url=url: _models_ok(http, url, key), within=20)
-            async with admin(managed) as api:
-                assert (await api.delete(f"/keys/{key_id}")).status_code == 204
+            for url in urls:  # wait for both to start
+                await eventually(lambda url=url: _models_ok(http, url, ADMIN_KEY), within=20)
+            # The admin API through a separate ingress process.
+            r = await http.post(urls[0].replace("/v1", "/admin/v1/keys"), headers=boot,
+                                json={"role": "member", "name": "to-revoke"})
+            assert r.status_code == 201, r.text
+            key, key_id = r.json()["key"], r.json()["id"]
+            for url in urls:
+                await eventually(lambda url=url: _models_ok(http, url, key), within=2)
+            r = await http.delete(urls[1].replace("/v1", f"/admin/v1/keys/{key_id}"),
+                                  headers=boot)
+            assert r.status_code == 204
             loop = asyncio.get_running_loop()
             start = loop.time()
             refused: dict[str, float] = {}

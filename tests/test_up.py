@@ -148,6 +148,17 @@ def test_gandalf_up_generates_admin_key_once(tmp_path: Path, upstream: Any) -> N
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models",
                            headers={"authorization": f"Bearer {key}"})
         assert models.status_code == 200
+        # The admin API is on the public port: a key made there works at once,
+        # and the provider secrets from the YAML never come back.
+        admin = f"http://127.0.0.1:{port}/admin/v1"
+        auth = {"authorization": f"Bearer {key}"}
+        created = httpx.post(f"{admin}/keys", headers=auth, json={"role": "member"})
+        assert created.status_code == 201, created.text
+        member = {"authorization": f"Bearer {created.json()['key']}"}
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=member).status_code == 200
+        providers = httpx.get(f"{admin}/providers", headers=auth)
+        assert providers.status_code == 200 and UPSTREAM_KEY not in providers.text
+        assert httpx.get(f"{admin}/providers", headers=member).status_code == 403
         assert up.stop() == 0
     finally:
         up.stop()
