@@ -19,6 +19,7 @@ import msgspec
 
 from .config import (
     GatewayConfig,
+    JwtConfig,
     ProviderAuthConfig,
     ProviderConfig,
     RouteConfig,
@@ -34,6 +35,7 @@ from .records import (
     PROVIDER_PREFIX,
     ROUTE_PREFIX,
     TEAM_PREFIX,
+    ClaimMapping,
     JwtSettings,
     KeyRecord,
     OrgRecord,
@@ -132,6 +134,16 @@ def route_config(record: RouteRecord) -> RouteConfig:
         cache_ttl_s=record.cache_ttl_s,
         targets=[RouteTargetConfig(provider=t.provider, model=t.model, priority=t.priority,
                                    weight=t.weight) for t in record.targets])
+
+
+def jwt_settings(j: JwtConfig) -> JwtSettings:
+    """The YAML ``auth.jwt`` section as the replicated settings record."""
+    c = j.claims
+    return JwtSettings(
+        enabled=j.enabled, issuer=j.issuer, audience=list(j.audience), jwks_url=j.jwks_url,
+        algorithms=list(j.algorithms), leeway_s=float(j.leeway),
+        claims=ClaimMapping(user=c.user, org=c.org, team=c.team, role=c.role),
+        default_role=j.default_role, default_org=j.default_org)
 
 
 # ---------------------------------------------------------------- the view

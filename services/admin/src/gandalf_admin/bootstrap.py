@@ -19,6 +19,7 @@ import asyncpg
 
 from gandalf_common.config import GatewayConfig, ProviderConfig, RouteConfig
 from gandalf_common.crypto import ENV_KEY, SecretBox, SecretError
+from gandalf_common.ids import uuid7
 from gandalf_common.live import provider_record
 from gandalf_common.records import ProviderSecrets, secrets_decoder
 
@@ -27,7 +28,6 @@ from .jwt_settings import is_configured, jwt_from_config, jwt_from_json, jwt_to_
 from .keygen import PREFIX_LEN, hash_key, yaml_key_id
 from .store import PgRepos
 from .store.rows import KeyRow, OrgRow, ProviderRow, RouteRow, TargetRow, replace
-from .validate import uuid7
 
 log = logging.getLogger("gandalf.admin.bootstrap")
 

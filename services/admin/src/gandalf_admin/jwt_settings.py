@@ -9,18 +9,14 @@ from typing import Any
 import msgspec
 
 from gandalf_common.config import JwtClaimsConfig, JwtConfig
-from gandalf_common.records import ClaimMapping, JwtSettings
+from gandalf_common.live import jwt_settings
+from gandalf_common.records import JwtSettings
 
 _decode = msgspec.json.Decoder(JwtSettings).decode
 
 
 def jwt_from_config(j: JwtConfig) -> JwtSettings:
-    c = j.claims
-    return JwtSettings(
-        enabled=j.enabled, issuer=j.issuer, audience=list(j.audience), jwks_url=j.jwks_url,
-        algorithms=list(j.algorithms), leeway_s=j.leeway,
-        claims=ClaimMapping(user=c.user, org=c.org, team=c.team, role=c.role),
-        default_role=j.default_role, default_org=j.default_org)
+    return jwt_settings(j)
 
 
 def config_from_jwt(s: JwtSettings) -> JwtConfig:

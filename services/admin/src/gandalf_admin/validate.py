@@ -3,8 +3,6 @@ rule: a team or key may only narrow what its parents allow."""
 
 from __future__ import annotations
 
-import os
-import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -80,15 +78,6 @@ def check_narrower(child: OrgRow | TeamRow | KeyRow, parent: OrgRow | TeamRow,
         if theirs and mine and mine > theirs:
             raise bad_request(f"{name} {mine:g} exceeds the {parent_kind} {parent.id!r} "
                               f"limit of {theirs:g}", name)
-
-
-def uuid7() -> str:
-    """RFC 9562 UUIDv7: 48-bit ms timestamp, version, 74 random bits."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms << 80) | (0x7 << 76) | ((rand >> 68) << 64) | (0b10 << 62) | (rand & (2**62 - 1))
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def to_builtins(value: Any) -> Any:

@@ -42,7 +42,7 @@ from jwt.exceptions import (
 
 from gandalf_common.authz import ROLES
 from gandalf_common.config import JWT_ALGORITHMS, JwtConfig
-from gandalf_common.records import ClaimMapping, JwtSettings
+from gandalf_common.records import JwtSettings
 
 from .jwks import JwksCache, KeyLookupError, safe_url
 
@@ -177,14 +177,9 @@ class JwtVerifier:
     @classmethod
     def from_config(cls, cfg: JwtConfig) -> JwtVerifier:
         """The YAML ``auth.jwt`` section as the runtime settings record."""
-        c = cfg.claims
-        settings = JwtSettings(
-            enabled=cfg.enabled, issuer=cfg.issuer, audience=list(cfg.audience),
-            jwks_url=cfg.jwks_url, algorithms=list(cfg.algorithms),
-            leeway_s=float(cfg.leeway),
-            claims=ClaimMapping(user=c.user, org=c.org, team=c.team, role=c.role),
-            default_role=cfg.default_role, default_org=cfg.default_org)
-        return cls(settings)
+        from gandalf_common.live import jwt_settings
+
+        return cls(jwt_settings(cfg))
 
     def __repr__(self) -> str:
         return (f"JwtVerifier(issuer={self.settings.issuer!r}, "

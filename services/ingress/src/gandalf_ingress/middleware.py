@@ -4,12 +4,12 @@ metrics, access log, and a last-resort JSON 500 that leaks nothing."""
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from typing import Any
 
 from gandalf_common.errors import error_body
+from gandalf_common.ids import uuid7
 
 from .metrics import ACTIVE, DURATION, REQUESTS
 
@@ -37,15 +37,6 @@ def path_label(path: str) -> str:
         if path.startswith(prefix):
             return label
     return "other"
-
-
-def uuid7() -> str:
-    """RFC 9562 UUIDv7: 48-bit ms timestamp, version, 74 random bits."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms << 80) | (0x7 << 76) | ((rand >> 68) << 64) | (0b10 << 62) | (rand & (2**62 - 1))
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def request_id_from(scope: Scope) -> str:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from gandalf_common.contract import AdminResponse
+from gandalf_common.ids import uuid7
 
 from ..access import Access
 from ..deps import Deps
@@ -32,7 +33,6 @@ from ..validate import (
     changes_of,
     check_narrower,
     given,
-    uuid7,
 )
 from ..wire import Request, decode_body, envelope, json_response, no_content, page_of
 

@@ -9,13 +9,14 @@ from typing import Annotated, Any, Literal
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from gandalf_common.contract import AdminResponse
+from gandalf_common.ids import uuid7
 
 from ..access import Access
 from ..deps import Deps
 from ..errors import bad_request, conflict, not_found
 from ..replicate import Write
 from ..store.rows import RouteRow, TargetRow
-from ..validate import Ident, ModelName, uuid7
+from ..validate import Ident, ModelName
 from ..wire import Request, decode_body, envelope, json_response, no_content, page_of
 
 BASE = "/admin/v1/routes"

@@ -10,12 +10,13 @@ from __future__ import annotations
 from msgspec import UNSET, UnsetType
 
 from gandalf_common.contract import AdminResponse
+from gandalf_common.ids import uuid7
 
 from ..access import Access
 from ..deps import Deps
 from ..errors import bad_request, conflict, not_found
 from ..store.rows import TeamRow, replace
-from ..validate import Ident, LimitsBody, Name, changes_of, check_narrower, given, uuid7
+from ..validate import Ident, LimitsBody, Name, changes_of, check_narrower, given
 from ..wire import Request, decode_body, envelope, flag, json_response, no_content, page_of
 
 BASE = "/admin/v1/teams"
