@@ -42,6 +42,17 @@ ADMIN_QUEUE: Final = "admin"
 #: admin -> every ingress: drop cached responses (body: :class:`CachePurge`).
 CACHE_PURGE: Final = "gandalf.cache.purge"
 
+#: ingress -> JetStream stream USAGE: one :class:`UsageEvent` per finished
+#: request, ``Nats-Msg-Id`` = request id (duplicates dropped by the stream).
+USAGE_STREAM: Final = "USAGE"
+USAGE_SUBJECTS: Final = "gandalf.usage.>"
+USAGE_SUBJECT: Final = "gandalf.usage.event"
+#: The usage writer's durable pull consumer (shared by every usage replica).
+USAGE_DURABLE: Final = "usage-writer"
+#: KV bucket of spend per budget scope, written by the usage service, read by
+#: every ingress for budget checks (key: ``<scope>.<id>``, value :class:`Spend`).
+SPEND_BUCKET: Final = "gandalf_spend"
+
 #: readiness pings (request/reply, any member of the queue group answers).
 PING_ROUTER: Final = "gandalf.ping.router"
 PING_ADMIN: Final = "gandalf.ping.admin"
@@ -321,6 +332,54 @@ class AdminResponse(Struct, frozen=True, kw_only=True, omit_defaults=True):
     headers: list[tuple[str, str]] = []
 
 
+class UsageEvent(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One finished request, as billed (JSON on the USAGE stream, so billing
+    tools and ``nats stream view`` can read it)."""
+
+    request_id: str
+    #: Unix epoch seconds when the request arrived.
+    ts: float
+    org_id: str = ""
+    team_id: str = ""
+    key_id: str = ""
+    #: A key's user, or the JWT subject.
+    user_id: str = ""
+    #: apikey | jwt | admin_key
+    auth: str = ""
+    #: chat | embed | native:<kind>
+    endpoint: str = ""
+    model: str = ""  # the alias the client asked for
+    provider: str = ""  # the provider instance that answered ("" if none did)
+    provider_model: str = ""  # the provider's own model id
+    status: int = 0  # HTTP status sent (499: the client went away)
+    stream: bool = False
+    cached: bool = False
+    coalesced: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    total_tokens: int = 0
+    #: True when the upstream reported no usage and the counts are estimates
+    #: (a client that disconnected mid-stream).
+    estimated: bool = False
+    cost_usd: float = 0.0
+    latency_ms: int = 0
+    #: Time to the first byte of the answer (streams), None when not streamed.
+    ttft_ms: int | None = None
+    #: Why it failed: the error code (rate_limit_exceeded, upstream_timeout...).
+    error_class: str = ""
+
+
+class Spend(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Spend of one budget scope (key, team or org) in its current period."""
+
+    period: str  # daily | weekly | monthly | lifetime
+    #: Start of the current period, Unix epoch seconds (0 for lifetime).
+    period_start: float
+    spend_usd: float
+    updated_at: float = 0.0
+
+
 class CachePurge(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Empty fields purge everything; otherwise only that model and/or key."""
 
@@ -347,3 +406,6 @@ pong_decoder = msgspec.msgpack.Decoder(Pong)
 admin_request_decoder = msgspec.msgpack.Decoder(AdminRequest)
 admin_response_decoder = msgspec.msgpack.Decoder(AdminResponse)
 cache_purge_decoder = msgspec.msgpack.Decoder(CachePurge)
+usage_json_encode = msgspec.json.Encoder().encode
+usage_json_decoder = msgspec.json.Decoder(UsageEvent)
+spend_decoder = msgspec.msgpack.Decoder(Spend)
