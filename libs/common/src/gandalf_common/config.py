@@ -168,6 +168,14 @@ class TelemetryConfig(_Base, kw_only=True, frozen=True):
     tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
 
 
+class PriceConfig(_Base, kw_only=True, frozen=True):
+    """USD per 1M tokens."""
+
+    input: float = 0.0
+    output: float = 0.0
+    cached_input: float | None = None
+
+
 class ProviderAuthConfig(_Base, kw_only=True, frozen=True):
     _secret_fields = frozenset({"api_key", "client_secret", "secret_access_key",
                                 "session_token"})
@@ -207,6 +215,8 @@ class ProviderConfig(_Base, kw_only=True, frozen=True):
     #: Route target model -> the id the upstream wants (Bedrock model ids and
     #: inference profiles such as ``us.anthropic.claude-3-5-haiku-20241022-v1:0``).
     model_map: dict[str, str] = {}
+    #: Prices of this provider's models (override ``pricing``), by model name.
+    pricing: dict[str, PriceConfig] = {}
     auth: ProviderAuthConfig = msgspec.field(default_factory=ProviderAuthConfig)
 
 
@@ -222,6 +232,8 @@ class RouteConfig(_Base, kw_only=True, frozen=True):
     targets: list[RouteTargetConfig]
     strategy: str = "priority"
     cache_ttl_s: int = 0
+    #: This alias's price, whatever target answers.
+    pricing: PriceConfig | None = None
 
 
 class KeyConfig(_Base, kw_only=True, frozen=True):
@@ -251,6 +263,8 @@ class GatewayConfig(_Base, kw_only=True, frozen=True, dict=True):
     #: insert: YAML entities are created when missing, never changed (the
     #: original); sync: YAML changes to existing entities are applied too.
     bootstrap: str = "insert"
+    #: Prices per model (USD per 1M tokens), added to the built-in table.
+    pricing: dict[str, PriceConfig] = {}
     providers: list[ProviderConfig] = []
     routes: list[RouteConfig] = []
     keys: list[KeyConfig] = []

@@ -8,8 +8,9 @@ so an environment value is always exactly one scalar.
 
 import math
 import re
+import types
 from collections.abc import Mapping
-from typing import Annotated, Any, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import msgspec
 import yaml
@@ -324,6 +325,12 @@ def _scalar(tp: Any, node: Node, path: str, ctx: ConvertContext) -> Any:
 
 
 def _convert(tp: Any, node: Node, path: str, ctx: ConvertContext) -> Any:
+    if get_origin(tp) in (types.UnionType, Union):
+        # Optional[X]: null is None, anything else must be an X.
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if is_null(node):
+            return None
+        tp = args[0]
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         return convert_struct(tp, node, path, ctx)
     if get_origin(tp) is list:
