@@ -21,6 +21,7 @@ from gandalf_common.config import GatewayConfig
 from gandalf_common.errors import error_body
 from gandalf_common.listen import parse_addr
 from gandalf_common.live import LiveConfig
+from gandalf_common.pricing import PriceBook
 
 from .admin_proxy import AdminProxy
 from .auth import Authenticator
@@ -30,6 +31,7 @@ from .metrics import render
 from .middleware import EdgeMiddleware
 from .native import NativeEndpoint, NativeModelsEndpoint
 from .relay import Relay
+from .usage import UsagePublisher, UsageRecorder
 
 log = logging.getLogger("gandalf.ingress")
 
@@ -122,6 +124,13 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
             conn = nc or await connect(nats_url, "gandalf-ingress")
             if own_live:
                 await live.start(conn, keys=True)
+            publisher = None
+            if live.managed:
+                # Usage and budgets need the usage service: managed mode only.
+                publisher = UsagePublisher(conn)
+                await publisher.start()
+                gateway.usage = UsageRecorder(publisher, PriceBook.from_config(cfg))
+                await gateway.budgets.start(conn)
             inbox = ReplyInbox()
             await inbox.start(conn)
             on_disconnect(conn, inbox.fail_all)
@@ -134,6 +143,9 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
                 yield
             finally:
                 readiness.draining = True
+                if publisher is not None:
+                    await publisher.stop(timeout=cfg.server.shutdown_timeout or 10.0)
+                await gateway.budgets.stop()
                 if own_live:
                     await live.stop()
                 if nc is None:

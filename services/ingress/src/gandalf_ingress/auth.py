@@ -42,6 +42,8 @@ class Identity:
     #: One allowlist per level that has one (org, team, key): all must pass.
     rules: tuple[tuple[str, ...], ...] = ()
     limits: Limits = field(default_factory=Limits)
+    #: (scope, id, max_budget, period) of every level with a budget.
+    budgets: tuple[tuple[str, str, float, str | None], ...] = ()
 
     @property
     def perms(self) -> Perm:
@@ -115,7 +117,9 @@ class Authenticator:
         levels = (org.limits if org else None, team.limits if team else None)
         return Identity(key_id="", name=found.subject, org_id=found.org_id, role=found.role,
                         team_id=found.team_id, user_id=found.subject, auth="jwt",
-                        rules=model_rules(*levels), limits=effective(*levels))
+                        rules=model_rules(*levels), limits=effective(*levels),
+                        budgets=_budgets(("org", found.org_id, levels[0]),
+                                         ("team", found.team_id, levels[1])))
 
     def api_key(self, token: str) -> Identity:
         # Lookups are by SHA-256 of the presented key: a caller cannot steer
@@ -141,7 +145,10 @@ class Authenticator:
         identity = Identity(
             key_id=record.id, name=record.name or record.key_prefix, org_id=record.org_id,
             role=record.role, team_id=record.team_id or "", user_id=record.user_id or "",
-            rules=model_rules(*levels), limits=effective(*levels))
+            rules=model_rules(*levels), limits=effective(*levels),
+            budgets=_budgets(("org", record.org_id, levels[0]),
+                             ("team", record.team_id or "", levels[1]),
+                             ("key", record.id, levels[2])))
         self._resolved[record.key_hash] = identity
         return identity
 
@@ -151,3 +158,10 @@ class Authenticator:
             raise ForbiddenError("api key blocked", code="key_blocked")
         if record.expires_at is not None and record.expires_at <= time.time():
             raise UnauthorizedError("api key expired", code="key_expired")
+
+
+def _budgets(*levels: tuple[str, str, Limits | None]
+             ) -> tuple[tuple[str, str, float, str | None], ...]:
+    return tuple((scope, ident, float(lv.max_budget), lv.budget_period)
+                 for scope, ident, lv in levels
+                 if ident and lv is not None and lv.max_budget)

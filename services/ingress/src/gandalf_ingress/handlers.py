@@ -20,11 +20,14 @@ from gandalf_common.errors import (
     PayloadTooLargeError,
 )
 from gandalf_common.live import LiveConfig
+from gandalf_common.pricing import PriceBook
 
 from .auth import Authenticator, Identity
+from .budgets import Budgets
 from .metrics import CLIENT_DISCONNECTS, UPSTREAM_ERRORS
 from .relay import Receive, Relay, Send, send_json_error
 from .schemas import parse_chat, parse_embeddings
+from .usage import Outcome, UsageRecorder
 
 Scope = dict[str, Any]
 
@@ -79,9 +82,12 @@ class Gateway:
 
     def __init__(self, *, keys: Authenticator, live: LiveConfig, max_body: int,
                  write_timeout: float, read_timeout: float, relay: Relay | None = None,
-                 bodies: BodyStore | None = None) -> None:
+                 bodies: BodyStore | None = None, usage: UsageRecorder | None = None,
+                 budgets: Budgets | None = None) -> None:
         self.keys = keys
         self.live = live
+        self.usage = usage or UsageRecorder(None, PriceBook())
+        self.budgets = budgets or Budgets()
         #: Every routed alias (others are 404), and those /v1/models lists:
         #: a route whose providers are all disabled answers 503, unlisted.
         #: Recomputed when providers or routes change (admin API, KV).
@@ -118,7 +124,10 @@ class ProxyEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
         request_id: str = scope["state"]["request_id"]
+        started = time.time()
         body_ref = ""
+        identity: Identity | None = None
+        model = ""
         try:
             identity = await gw.keys.authenticate(authorization(scope))
             try:
@@ -128,6 +137,8 @@ class ProxyEndpoint:
                 raise GatewayError(f"request body not received within {gw.read_timeout:g}s",
                                    status=408, code="request_timeout") from None
             req = self._route_request(identity, body, request_id)
+            model = req.model
+            gw.budgets.check(identity)
             relay = gw.relay
             if relay is None:
                 raise GatewayError("gateway is starting", status=503)
@@ -138,11 +149,20 @@ class ProxyEndpoint:
             return
         except GatewayError as exc:
             await send_gateway_error(send, exc)
+            if identity is not None:  # refused after authentication: still recorded
+                await gw.usage.finished(request_id=request_id, started=started,
+                                        identity=identity, endpoint=self.op, model=model,
+                                        stream=False, status=exc.status,
+                                        error=exc.code or exc.type or "")
             return
+        outcome = Outcome()
         if req.stream:
-            status = await relay.stream(req, send, receive)
+            status = await relay.stream(req, send, receive, outcome)
         else:
-            status = await relay.unary(req, send, receive)
+            status = await relay.unary(req, send, receive, outcome)
+        await gw.usage.finished(request_id=request_id, started=started, identity=identity,
+                                endpoint=self.op, model=req.model, stream=req.stream,
+                                status=status, outcome=outcome, body_size=len(body))
         if status == 499:
             CLIENT_DISCONNECTS.inc()
         elif status >= 500:

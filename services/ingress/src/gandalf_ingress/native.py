@@ -32,6 +32,7 @@ from .auth import Identity
 from .formats import native_error_body
 from .handlers import Gateway, Scope, _ClientGone, header, read_body
 from .relay import NativeRelay, Receive, Send, send_json_error
+from .usage import Outcome
 
 _json_decode = msgspec.json.Decoder().decode
 #: Path parameters must look like model names and API actions (as the original).
@@ -69,6 +70,8 @@ class NativeEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
         request_id: str = scope["state"]["request_id"]
+        started = time.time()
+        identity: Identity | None = None
         try:
             identity = await gw.keys.authenticate(credentials(scope, self.kind))
             try:
@@ -78,6 +81,7 @@ class NativeEndpoint:
                 raise GatewayError(f"request body not received within {gw.read_timeout:g}s",
                                    status=408, code="request_timeout") from None
             req = self._route_request(scope, identity, body, request_id)
+            gw.budgets.check(identity)
             if gw.relay is None:
                 raise GatewayError("gateway is starting", status=503)
             if len(body) > inline_limit(gw.relay.nc):
@@ -91,8 +95,18 @@ class NativeEndpoint:
             await send_json_error(send, exc.status, native_error_body(
                 self.kind, exc.status, exc.message, type=exc.type, code=exc.code),
                 exc.retry_after)
+            if identity is not None:
+                await gw.usage.finished(request_id=request_id, started=started,
+                                        identity=identity, endpoint=f"native:{self.kind}",
+                                        model="", stream=False, status=exc.status,
+                                        error=exc.code or exc.type or "")
             return
-        await NativeRelay(gw.relay)(req, send, receive)
+        outcome = Outcome()
+        status = await NativeRelay(gw.relay)(req, send, receive, outcome)
+        await gw.usage.finished(request_id=request_id, started=started, identity=identity,
+                                endpoint=f"native:{self.kind}", model=req.model,
+                                stream=req.stream, status=status, outcome=outcome,
+                                body_size=len(body))
         if req.body_ref and gw.bodies is not None:
             await gw.bodies.delete(req.body_ref)
 

@@ -32,6 +32,7 @@ from gandalf_common.errors import error_body
 from .formats import native_error_body, native_stream_error
 from .inbox import ReplyInbox, ReplySlot
 from .metrics import STREAM_ERRORS
+from .usage import Outcome
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -81,12 +82,13 @@ class Relay:
             return _BUS_DOWN
         return None
 
-    async def unary(self, req: RouteRequest, send: Send, receive: Receive) -> int:
+    async def unary(self, req: RouteRequest, send: Send, receive: Receive,
+                    outcome: Outcome | None = None) -> int:
         """Non-streaming request; returns the HTTP status sent."""
         slot = self.inbox.open()
         watcher = asyncio.ensure_future(_watch_disconnect(receive, slot))
         try:
-            reply = await self._publish(req, slot) or await self._collect(req, slot)
+            reply = await self._publish(req, slot) or await self._collect(req, slot, outcome)
         finally:
             self.inbox.close(slot)
             watcher.cancel()
@@ -94,6 +96,8 @@ class Relay:
             await self.cancel(req.request_id)
             return 499
         if isinstance(reply, ErrorReply):
+            if outcome is not None:
+                outcome.error_code = reply.code or reply.type
             return await send_error(send, reply)
         status, body = reply
         await send({"type": "http.response.start", "status": status,
@@ -101,8 +105,8 @@ class Relay:
         await send({"type": "http.response.body", "body": body})
         return status
 
-    async def _collect(self, req: RouteRequest,
-                       slot: ReplySlot) -> tuple[int, bytes] | ErrorReply:
+    async def _collect(self, req: RouteRequest, slot: ReplySlot,
+                       outcome: Outcome | None) -> tuple[int, bytes] | ErrorReply:
         parts: list[bytes] = []
         locked = -1
         expected = 0
@@ -125,6 +129,9 @@ class Relay:
                 return _LOST
             expected += 1
             if isinstance(msg, Complete):
+                if outcome is not None:
+                    outcome.usage, outcome.provider = msg.usage, msg.provider
+                    outcome.provider_model = msg.model
                 if parts:
                     parts.append(msg.body)
                     return msg.status, b"".join(parts)
@@ -132,7 +139,8 @@ class Relay:
             if isinstance(msg, Chunk):
                 parts.append(msg.data)
 
-    async def stream(self, req: RouteRequest, send: Send, receive: Receive) -> int:
+    async def stream(self, req: RouteRequest, send: Send, receive: Receive,
+                     outcome: Outcome | None = None) -> int:
         """Streaming request; returns the HTTP status sent."""
         slot = self.inbox.open()
         watcher = asyncio.ensure_future(_watch_disconnect(receive, slot))
@@ -140,7 +148,7 @@ class Relay:
             error = await self._publish(req, slot)
             if error is not None:
                 return await send_error(send, error)
-            status = await self._pump(req, slot, send)
+            status = await self._pump(req, slot, send, outcome or Outcome())
         finally:
             self.inbox.close(slot)
             watcher.cancel()
@@ -148,8 +156,10 @@ class Relay:
             await self.cancel(req.request_id)
         return status
 
-    async def _pump(self, req: RouteRequest, slot: ReplySlot, send: Send) -> int:
+    async def _pump(self, req: RouteRequest, slot: ReplySlot, send: Send,
+                    outcome: Outcome) -> int:
         started = False
+        t0 = time.monotonic()
         locked = -1
         expected = 0
         silent = 0.0
@@ -182,6 +192,7 @@ class Relay:
             if msg is CLIENT_GONE:
                 return 499
             if isinstance(msg, ErrorReply):
+                outcome.error_code = msg.code or msg.type
                 if not started:
                     return await send_error(send, msg)
                 await send({"type": "http.response.body", "body": _sse_error(msg) + _DONE})
@@ -202,9 +213,14 @@ class Relay:
                 await send({"type": "http.response.start", "status": 200,
                             "headers": _SSE_HEADERS})
             if isinstance(msg, Chunk):
+                if not outcome.chunks:
+                    outcome.ttft_ms = int((time.monotonic() - t0) * 1000)
+                outcome.chunks += 1
                 await send({"type": "http.response.body",
                             "body": b"data: " + msg.data + b"\n\n", "more_body": True})
             elif isinstance(msg, End):
+                outcome.usage, outcome.provider = msg.usage, msg.provider
+                outcome.provider_model = msg.model
                 await send({"type": "http.response.body", "body": _DONE})
                 return 200
             else:  # Complete is not expected on a stream; treat as its end
@@ -251,7 +267,9 @@ class NativeRelay:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
 
-    async def __call__(self, req: RouteRequest, send: Send, receive: Receive) -> int:
+    async def __call__(self, req: RouteRequest, send: Send, receive: Receive,
+                       outcome: Outcome | None = None) -> int:
+        outcome = outcome or Outcome()
         relay = self.relay
         slot = relay.inbox.open()
         watcher = asyncio.ensure_future(_watch_disconnect(receive, slot))
@@ -259,7 +277,7 @@ class NativeRelay:
             error = await relay._publish(req, slot)
             if error is not None:
                 return await send_native_error(send, req, error)
-            status = await self._pump(req, slot, send)
+            status = await self._pump(req, slot, send, outcome)
         finally:
             relay.inbox.close(slot)
             watcher.cancel()
@@ -267,8 +285,10 @@ class NativeRelay:
             await relay.cancel(req.request_id)
         return status
 
-    async def _pump(self, req: RouteRequest, slot: ReplySlot, send: Send) -> int:
+    async def _pump(self, req: RouteRequest, slot: ReplySlot, send: Send,
+                    outcome: Outcome) -> int:
         relay = self.relay
+        t0 = time.monotonic()
         status = 0
         locked = -1
         expected = 0
@@ -295,6 +315,7 @@ class NativeRelay:
             if msg is CLIENT_GONE:
                 return 499
             if isinstance(msg, ErrorReply):
+                outcome.error_code = msg.code or msg.type
                 if not status:
                     return await send_native_error(send, req, msg)
                 return await self._fail_started(req, send, status, msg)
@@ -313,9 +334,14 @@ class NativeRelay:
                             "headers": [(k.encode("latin-1"), v.encode("latin-1"))
                                         for k, v in msg.headers]})
             elif isinstance(msg, Chunk) and status:
+                if not outcome.chunks:
+                    outcome.ttft_ms = int((time.monotonic() - t0) * 1000)
+                outcome.chunks += 1
                 await send({"type": "http.response.body", "body": msg.data,
                             "more_body": True})
             elif isinstance(msg, End | Complete):
+                outcome.usage, outcome.provider = msg.usage, msg.provider
+                outcome.provider_model = msg.model
                 if not status:  # an empty answer; cannot happen with a sane worker
                     return await send_native_error(send, req, _LOST)
                 await send({"type": "http.response.body", "body": b""})

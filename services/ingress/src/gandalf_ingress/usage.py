@@ -1,0 +1,170 @@
+"""Usage events: one per finished request, published to the USAGE stream.
+
+Publishing never delays the client: the event is queued after the response
+is complete and a background task publishes it to JetStream (async acks,
+``Nats-Msg-Id`` = request id, so a retry after a lost ack is dropped by the
+stream as a duplicate). Unacknowledged events are retried with backoff until
+they are stored; a full queue makes the finished request's task wait (its
+client already has the answer) rather than drop the event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from nats.aio.client import Client as NATS
+from prometheus_client import Counter, Gauge
+
+from gandalf_common import contract
+from gandalf_common.contract import UsageEvent, usage_json_encode
+from gandalf_common.pricing import PriceBook
+from gandalf_common.usage_stream import ensure_usage_stream
+
+from .metrics import REGISTRY
+
+if TYPE_CHECKING:
+    from .auth import Identity
+
+log = logging.getLogger("gandalf.usage")
+
+EVENTS = Counter("gandalf_usage_events_total", "Usage events stored in the USAGE stream",
+                 registry=REGISTRY)
+RETRIES = Counter("gandalf_usage_publish_retries_total", "Usage publishes retried (no ack "
+                  "in time, NATS down)", registry=REGISTRY)
+QUEUED = Gauge("gandalf_usage_queue_depth", "Usage events waiting to be published",
+               registry=REGISTRY)
+
+QUEUE_SIZE = 20_000
+ACK_TIMEOUT_S = 5.0
+MAX_BACKOFF_S = 5.0
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the relay learned about a request while answering it."""
+
+    status: int = 0
+    usage: contract.Usage | None = None
+    provider: str = ""
+    provider_model: str = ""
+    ttft_ms: int | None = None
+    error_code: str = ""
+    #: Chunks relayed to the client (a disconnect's completion estimate).
+    chunks: int = 0
+
+
+class UsagePublisher:
+    def __init__(self, nc: NATS, *, workers: int = 4) -> None:
+        self.nc = nc
+        self._queue: asyncio.Queue[tuple[UsageEvent, int]] = asyncio.Queue(QUEUE_SIZE)
+        self._workers = workers
+        self._tasks: list[asyncio.Task[None]] = []
+        self._backing_off = 0  # events waiting for their retry timer
+
+    async def start(self) -> None:
+        await ensure_usage_stream(self.nc)
+        self._tasks = [asyncio.create_task(self._run(), name=f"usage-publisher-{i}")
+                       for i in range(self._workers)]
+
+    async def record(self, event: UsageEvent) -> None:
+        await self._queue.put((event, 0))
+        QUEUED.set(self._queue.qsize())
+
+    async def _run(self) -> None:
+        js = self.nc.jetstream()
+        while True:
+            event, attempt = await self._queue.get()
+            QUEUED.set(self._queue.qsize())
+            try:
+                ack = await js.publish_async(
+                    contract.USAGE_SUBJECT, usage_json_encode(event), wait_stall=ACK_TIMEOUT_S,
+                    headers={"Nats-Msg-Id": event.request_id})
+                await asyncio.wait_for(ack, ACK_TIMEOUT_S)
+                EVENTS.inc()
+            except asyncio.CancelledError:
+                self._queue.put_nowait((event, attempt))  # kept for the final drain
+                raise
+            except Exception as exc:  # noqa: BLE001 - no ack, NATS down, no stream: retry
+                RETRIES.inc()
+                if attempt == 0 or attempt % 20 == 0:
+                    log.warning("usage event %s not stored yet (%s); retrying",
+                                event.request_id, type(exc).__name__)
+                self._backing_off += 1
+                asyncio.get_running_loop().call_later(
+                    min(MAX_BACKOFF_S, 0.1 * 2 ** min(attempt, 6)),
+                    self._requeue, event, attempt + 1)
+
+    def _requeue(self, event: UsageEvent, attempt: int) -> None:
+        self._backing_off -= 1
+        try:
+            self._queue.put_nowait((event, attempt))
+        except asyncio.QueueFull:
+            task = asyncio.ensure_future(self._queue.put((event, attempt)))
+            _PENDING.add(task)
+            task.add_done_callback(_PENDING.discard)
+
+    async def stop(self, timeout: float) -> None:
+        """Publish what is queued (up to ``timeout``), then stop."""
+        deadline = time.monotonic() + timeout
+        while (not self._queue.empty() or self._backing_off) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        left = self._queue.qsize() + self._backing_off
+        if left:
+            log.error("%d usage events could not be stored before shutdown", left)
+
+
+_PENDING: set[asyncio.Future[None]] = set()
+
+
+class UsageRecorder:
+    """Builds the event of a finished request and hands it to the publisher
+    (``publisher`` None: static mode, nothing is recorded)."""
+
+    def __init__(self, publisher: UsagePublisher | None, prices: PriceBook) -> None:
+        self.publisher = publisher
+        self.prices = prices
+
+    @property
+    def enabled(self) -> bool:
+        return self.publisher is not None
+
+    async def finished(self, *, request_id: str, started: float, identity: Identity,
+                       endpoint: str, model: str, stream: bool, status: int,
+                       outcome: Outcome | None = None, body_size: int = 0,
+                       error: str = "") -> None:
+        if self.publisher is None:
+            return
+        out = outcome or Outcome(status=status)
+        usage = out.usage
+        estimated = False
+        if usage is None and status == 499 and out.chunks:
+            # The client left mid-stream: the upstream never reported usage.
+            # Estimate what was consumed: ~4 bytes of request per prompt token,
+            # one token per relayed chunk.
+            prompt = max(1, body_size // 4)
+            usage = contract.Usage(prompt_tokens=prompt, completion_tokens=out.chunks,
+                                   total_tokens=prompt + out.chunks)
+            estimated = True
+        cost = self.prices.cost(usage, model, out.provider, out.provider_model)
+        event = UsageEvent(
+            request_id=request_id, ts=started, org_id=identity.org_id,
+            team_id=identity.team_id, key_id=identity.key_id, user_id=identity.user_id,
+            auth=identity.auth, endpoint=endpoint, model=model, provider=out.provider,
+            provider_model=out.provider_model, status=status, stream=stream,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cached_tokens=usage.cached_tokens if usage else 0,
+            total_tokens=usage.total_tokens if usage else 0, estimated=estimated,
+            cost_usd=cost, latency_ms=int((time.time() - started) * 1000),
+            ttft_ms=out.ttft_ms, error_class=error or out.error_code)
+        await self.publisher.record(event)
