@@ -114,6 +114,21 @@ class Gateway:
                          if any(t.provider in enabled for t in r.targets)}
 
 
+class _ModelOnly(msgspec.Struct):
+    model: str = ""
+
+
+_model_decoder = msgspec.json.Decoder(_ModelOnly)
+
+
+def _model_of(body: bytes) -> str:
+    """The requested model of a body that failed validation, if readable."""
+    try:
+        return _model_decoder.decode(body).model if body else ""
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        return ""
+
+
 class ProxyEndpoint:
     """``POST /v1/chat/completions`` and ``POST /v1/embeddings`` as raw ASGI."""
 
@@ -128,6 +143,7 @@ class ProxyEndpoint:
         body_ref = ""
         identity: Identity | None = None
         model = ""
+        body = b""
         try:
             identity = await gw.keys.authenticate(authorization(scope))
             try:
@@ -150,6 +166,7 @@ class ProxyEndpoint:
         except GatewayError as exc:
             await send_gateway_error(send, exc)
             if identity is not None:  # refused after authentication: still recorded
+                model = model or _model_of(body)
                 await gw.usage.finished(request_id=request_id, started=started,
                                         identity=identity, endpoint=self.op, model=model,
                                         stream=False, status=exc.status,

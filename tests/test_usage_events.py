@@ -1,0 +1,111 @@
+"""The ingress's usage events (managed mode): one per authenticated request,
+on the USAGE stream, with what billing needs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import pytest_asyncio
+from nats.js.api import DeliverPolicy
+
+from gandalf_common import contract
+from gandalf_common.contract import UsageEvent, usage_json_decoder
+from managed_harness import ADMIN_KEY, ManagedGateway, start_managed
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+EXTRA = """
+  - model_alias: priced
+    targets: [{provider: primary, model: gpt-4o-mini}]
+  - model_alias: slow-stream
+    targets: [{provider: primary, model: chunk-delay-100+words-40}]
+"""
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def managed(nats_url: str, fresh_pg_dsn: str, mock_upstream: Any
+                  ) -> AsyncIterator[ManagedGateway]:
+    gw = await start_managed(nats_url, fresh_pg_dsn, mock_upstream.base_url, extra=EXTRA)
+    yield gw
+    await gw.close()
+
+
+class Events:
+    def __init__(self) -> None:
+        self.items: list[UsageEvent] = []
+
+    async def start(self, gw: ManagedGateway) -> None:
+        async def on(msg: Any) -> None:
+            self.items.append(usage_json_decoder.decode(msg.data))
+
+        self.sub = await gw.nc.jetstream().subscribe(
+            contract.USAGE_SUBJECT, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW,
+            cb=on)
+
+    async def wait(self, count: int, timeout: float = 5.0) -> list[UsageEvent]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.items) < count and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        await self.sub.unsubscribe()
+        return self.items
+
+
+def client(gw: ManagedGateway, key: str = ADMIN_KEY) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=15)
+
+
+async def test_success_refusal_and_stream_events(managed: ManagedGateway,
+                                                 upstream: Any) -> None:
+    events = Events()
+    await events.start(managed)
+    reply = await client(managed).chat.completions.with_raw_response.create(
+        model="priced", messages=[{"role": "user", "content": "what does this cost"}])
+    request_id = reply.headers["x-request-id"]
+    stream = await client(managed).chat.completions.create(
+        model="priced", messages=[{"role": "user", "content": "stream"}], stream=True)
+    async for _ in stream:
+        pass
+    with pytest.raises(openai.NotFoundError):
+        await client(managed).chat.completions.create(
+            model="nope", messages=[{"role": "user", "content": "x"}])
+    got = await events.wait(3)
+    assert len(got) == 3
+    first = next(e for e in got if e.request_id == request_id)
+    assert (first.provider, first.provider_model, first.model) == ("primary", "gpt-4o-mini",
+                                                                   "priced")
+    assert first.status == 200 and first.prompt_tokens > 0 and first.completion_tokens > 0
+    assert first.total_tokens == first.prompt_tokens + first.completion_tokens
+    expected = (first.prompt_tokens * 0.15 + first.completion_tokens * 0.60) / 1e6
+    assert first.cost_usd == pytest.approx(expected)
+    assert first.auth == "admin_key" and first.endpoint == "chat" and not first.stream
+    streamed = next(e for e in got if e.stream)
+    assert streamed.completion_tokens > 0 and streamed.ttft_ms is not None
+    refused = next(e for e in got if e.status == 404)
+    assert refused.model == "nope" and refused.total_tokens == 0
+    assert refused.error_class == "model_not_found"
+
+
+async def test_client_disconnect_is_recorded_with_estimated_tokens(
+        managed: ManagedGateway, upstream: Any) -> None:
+    events = Events()
+    await events.start(managed)
+    async with httpx.AsyncClient(timeout=10) as http:
+        async with http.stream("POST", managed.base_url + "/chat/completions",
+                               headers={"authorization": f"Bearer {ADMIN_KEY}"},
+                               json={"model": "slow-stream", "stream": True,
+                                     "messages": [{"role": "user", "content": "go"}]}) as r:
+            seen = 0
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    seen += 1
+                if seen >= 3:
+                    break  # leave mid-stream
+    (event,) = await events.wait(1)
+    assert event.status == 499 and event.stream
+    assert event.estimated and event.completion_tokens >= 3
