@@ -95,17 +95,49 @@ async def test_client_disconnect_is_recorded_with_estimated_tokens(
         managed: ManagedGateway, upstream: Any) -> None:
     events = Events()
     await events.start(managed)
-    async with httpx.AsyncClient(timeout=10) as http:
-        async with http.stream("POST", managed.base_url + "/chat/completions",
-                               headers={"authorization": f"Bearer {ADMIN_KEY}"},
-                               json={"model": "slow-stream", "stream": True,
-                                     "messages": [{"role": "user", "content": "go"}]}) as r:
-            seen = 0
-            async for line in r.aiter_lines():
-                if line.startswith("data: {"):
-                    seen += 1
-                if seen >= 3:
-                    break  # leave mid-stream
+    body = {"model": "slow-stream", "stream": True,
+            "messages": [{"role": "user", "content": "go"}]}
+    async with httpx.AsyncClient(timeout=10) as http, http.stream(
+            "POST", managed.base_url + "/chat/completions", json=body,
+            headers={"authorization": f"Bearer {ADMIN_KEY}"}) as r:
+        seen = 0
+        async for line in r.aiter_lines():
+            if line.startswith("data: {"):
+                seen += 1
+            if seen >= 3:
+                break  # leave mid-stream
     (event,) = await events.wait(1)
     assert event.status == 499 and event.stream
     assert event.estimated and event.completion_tokens >= 3
+
+
+async def test_exhausted_budget_is_refused_with_insufficient_quota(
+        managed: ManagedGateway, upstream: Any) -> None:
+    import time
+
+    from gandalf_common.contract import SPEND_BUCKET, Spend, encode
+    from gandalf_common.periods import period_start
+    from gandalf_ingress.budgets import spend_key
+
+    async with httpx.AsyncClient(base_url=managed.url + "/admin/v1", timeout=10,
+                                 headers={"authorization": f"Bearer {ADMIN_KEY}"}) as api:
+        r = await api.post("/keys", json={"role": "member", "max_budget": 0.5,
+                                          "budget_period": "daily"})
+        assert r.status_code == 201, r.text
+        key, key_id = r.json()["key"], r.json()["id"]
+    kv = await managed.nc.jetstream().key_value(SPEND_BUCKET)
+    now = time.time()
+    # Yesterday's spend does not count today.
+    await kv.put(spend_key("key", key_id), encode(Spend(
+        period="daily", period_start=period_start("daily", now) - 86400, spend_usd=9.0)))
+    await asyncio.sleep(0.1)
+    await client(managed, key).chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "x"}])
+    await kv.put(spend_key("key", key_id), encode(Spend(
+        period="daily", period_start=period_start("daily", now), spend_usd=0.5)))
+    await asyncio.sleep(0.1)
+    with pytest.raises(openai.RateLimitError) as info:
+        await client(managed, key).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 429
+    assert info.value.body["type"] == "insufficient_quota"  # type: ignore[index]
