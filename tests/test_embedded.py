@@ -203,7 +203,7 @@ def test_state_dir_lock_freed_when_holder_dies(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- Postgres
 
 
-ALL_MIGRATIONS = ["001_initial", "002_governance", "003_admin"]
+ALL_MIGRATIONS = ["001_initial", "002_governance", "003_admin", "004_usage"]
 
 
 def test_migrations_are_packaged_in_order() -> None:

@@ -1,0 +1,301 @@
+"""Spend per budget scope (key, team, org) in its current period -> NATS KV.
+
+The ingress refuses requests over budget by reading ``SPEND_BUCKET``; this
+module keeps it current. A scope is published when it has a budget
+(``max_budget`` > 0 on its own record) and: a committed batch touched it, its
+record changed, or the periodic refresh finds a different value (a new
+period began, or a write went missing). Spend is the sum of the scope's
+daily rollups since its period start, so it is exact, whatever batching or
+redelivery happened.
+
+Replicas race: two of them may compute a key's spend at about the same time
+and put in either order. Within a period spend only grows, so a put is a
+compare-and-set that never replaces a larger value of the same period with
+a smaller one; the last commit's reader sees every commit, so the largest
+value wins and is the right one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from gandalf_common.contract import SPEND_BUCKET, Spend, encode, spend_decoder
+from gandalf_common.live import LiveConfig
+from gandalf_common.records import KeyRecord, Limits, OrgRecord, TeamRecord, kv_token
+
+from . import metrics
+from .db import SpendQuery, UsageDatabase
+from .periods import epoch, normalize, period_start
+from .writer import WriteResult
+
+log = logging.getLogger("gandalf.usage.spend")
+
+KEY: str = "key"
+TEAM: str = "team"
+ORG: str = "org"
+#: (scope, id)
+Scope = tuple[str, str]
+
+#: Attempts of one compare-and-set before leaving the scope to the next round.
+CAS_ATTEMPTS = 5
+
+
+def spend_key(scope: str, ident: str) -> str:
+    """The ``SPEND_BUCKET`` key of a scope: ``key.<id>``, ``team.<id>``,
+    ``org.<id>`` with the id as :func:`kv_token`."""
+    return f"{scope}.{kv_token(ident)}"
+
+
+async def open_spend_bucket(nc: NATS) -> KeyValue:
+    """The spend bucket, created when missing (history 1: only now matters)."""
+    js = nc.jetstream()
+    try:
+        return await js.key_value(SPEND_BUCKET)
+    except BucketNotFoundError:
+        pass
+    try:
+        return await js.create_key_value(bucket=SPEND_BUCKET, history=1)
+    except Exception:  # noqa: BLE001 - another replica created it first
+        return await js.key_value(SPEND_BUCKET)
+
+
+def newer(new: Spend, old: Spend) -> bool:
+    """Whether ``new`` should replace ``old`` (see the module docstring)."""
+    if new.period != old.period:
+        return True  # the budget's period changed: the old value is meaningless
+    if new.period_start != old.period_start:
+        return new.period_start > old.period_start
+    return new.spend_usd > old.spend_usd
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    max_budget: float
+    period: str
+
+
+def _has_budget(limits: Limits) -> bool:
+    return limits.max_budget is not None and limits.max_budget > 0
+
+
+class BudgetIndex:
+    """Which scopes have a budget, from the LiveConfig mirror. Keys are
+    mirrored by hash; this keeps them by id (kept current by the change
+    listener). A budget's period inherits like authz.effective: the key's,
+    else its team's, else its org's; none means lifetime."""
+
+    def __init__(self, live: LiveConfig) -> None:
+        self.live = live
+        self._keys: dict[str, KeyRecord] = {}
+        self._key_ids: dict[str, str] = {}  # key hash -> key id
+        self.reindex()
+
+    def reindex(self) -> None:
+        for key_hash, record in list(self.live.keys.items()):
+            self.key_changed(key_hash, record)
+
+    def key_changed(self, key_hash: str, record: KeyRecord | None) -> None:
+        old = self._key_ids.pop(key_hash, None)
+        if old is not None:
+            self._keys.pop(old, None)
+        if record is not None:
+            self._key_ids[key_hash] = record.id
+            self._keys[record.id] = record
+
+    def key_ids(self) -> Iterable[str]:
+        return self._keys.keys()
+
+    def budget(self, scope: Scope) -> Budget | None:
+        kind, ident = scope
+        org: OrgRecord | None
+        team: TeamRecord | None = None
+        if kind == KEY:
+            key = self._keys.get(ident)
+            if key is None or not _has_budget(key.limits):
+                return None
+            team = self.live.teams.get(key.team_id) if key.team_id else None
+            org = self.live.orgs.get(key.org_id)
+            own = key.limits
+        elif kind == TEAM:
+            team = self.live.teams.get(ident)
+            if team is None or not _has_budget(team.limits):
+                return None
+            org = self.live.orgs.get(team.org_id)
+            own = team.limits
+        else:
+            org = self.live.orgs.get(ident)
+            if org is None or not _has_budget(org.limits):
+                return None
+            own = org.limits
+        period = (own.budget_period
+                  or (team.limits.budget_period if team is not None else None)
+                  or (org.limits.budget_period if org is not None else None))
+        assert own.max_budget is not None
+        return Budget(own.max_budget, normalize(period))
+
+    def budgeted(self) -> list[Scope]:
+        """Every scope with a budget."""
+        scopes: list[Scope] = [(KEY, i) for i in self._keys]
+        scopes += [(TEAM, i) for i in self.live.teams]
+        scopes += [(ORG, i) for i in self.live.orgs]
+        return [s for s in scopes if self.budget(s) is not None]
+
+
+class SpendPublisher:
+    """Computes and publishes spend; runs as one background task."""
+
+    def __init__(self, db: UsageDatabase, live: LiveConfig, *, refresh_s: float = 60.0,
+                 start_live: bool = False) -> None:
+        self.db = db
+        self.live = live
+        self.refresh_s = refresh_s
+        self._start_live = start_live
+        self.index = BudgetIndex(live)
+        self._dirty: set[Scope] = set()
+        self._wake = asyncio.Event()
+        #: What this replica last saw in KV per scope: a value equal to it is not re-put.
+        self._known: dict[str, Spend] = {}
+        self._kv: KeyValue | None = None
+        self._task: asyncio.Task[None] | None = None
+        live.on_change(self._on_change)
+
+    async def start(self, nc: NATS) -> None:
+        self._kv = await open_spend_bucket(nc)
+        self._task = asyncio.create_task(self._run(nc), name="usage-spend")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._start_live:
+            await self.live.stop()
+
+    def touched(self, result: WriteResult) -> None:
+        """A batch committed: its scopes' spend changed (called by the consumer)."""
+        self._dirty.update((KEY, i) for i in result.keys)
+        self._dirty.update((TEAM, i) for i in result.teams)
+        self._dirty.update((ORG, i) for i in result.orgs)
+        self._wake.set()
+
+    def _on_change(self, kind: str, ident: str, value: Any) -> None:
+        if kind == "key":
+            self.index.key_changed(ident, value)
+            if value is not None:
+                self._dirty.add((KEY, value.id))
+        elif kind in (TEAM, ORG):
+            # Periods inherit downwards: a team or org change can move any
+            # budget below it. Rare, so recompute them all.
+            self._dirty.update(self.index.budgeted())
+        else:
+            return
+        self._wake.set()
+
+    # ---------------------------------------------------------------- loop
+
+    async def _run(self, nc: NATS) -> None:
+        if self._start_live:
+            # Waits (without limit) for the admin service to create the
+            # buckets; writing usage does not wait for this.
+            await self.live.start(nc, keys=True, wait=math.inf)
+        self.index.reindex()
+        self._dirty.update(self.index.budgeted())  # publish everything once at start
+        next_refresh = time.monotonic() + self.refresh_s
+        delay = 0.5
+        while True:
+            timeout = max(0.0, next_refresh - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            if time.monotonic() >= next_refresh:
+                # Periods roll over and lost puts get repaired here.
+                self._dirty.update(self.index.budgeted())
+                next_refresh = time.monotonic() + self.refresh_s
+            try:
+                await self.flush()
+            except Exception as exc:  # noqa: BLE001 - dirty scopes stay dirty; try again
+                log.warning("spend: cannot publish (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                self._wake.set()
+                continue
+            delay = 0.5
+
+    async def flush(self) -> int:
+        """Publish every dirty scope that has a budget; return how many changed."""
+        scopes, self._dirty = self._dirty, set()
+        now = datetime.now(UTC)
+        plan: dict[Scope, tuple[str, datetime]] = {}
+        for scope in scopes:
+            budget = self.index.budget(scope)
+            if budget is not None:
+                plan[scope] = (budget.period, period_start(budget.period, now))
+        if not plan:
+            return 0
+        queries: list[SpendQuery] = [(s[0], s[1], start) for s, (_p, start) in plan.items()]
+        try:
+            totals = await self.db.spend(queries)
+        except BaseException:
+            self._dirty |= scopes
+            raise
+        changed = 0
+        failed: set[Scope] = set()
+        error: Exception | None = None
+        stamp = time.time()
+        for scope, (period, start) in plan.items():
+            record = Spend(period=period, period_start=epoch(start),
+                           spend_usd=totals.get(scope, 0.0), updated_at=stamp)
+            try:
+                changed += await self._put(spend_key(*scope), record)
+            except Exception as exc:  # noqa: BLE001 - keep going with the others
+                failed.add(scope)
+                error = exc
+        if failed:
+            self._dirty |= failed
+            raise RuntimeError(f"{len(failed)} spend records not written to KV") from error
+        return changed
+
+    async def _put(self, key: str, record: Spend) -> bool:
+        """Compare-and-set ``record`` unless KV already holds the same or a
+        newer value. True when written."""
+        known = self._known.get(key)
+        if known is not None and not newer(record, known):
+            return False
+        kv = self._kv
+        assert kv is not None
+        for _ in range(CAS_ATTEMPTS):
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:  # also: deleted
+                entry = None
+            current: Spend | None = None
+            if entry is not None and entry.value:
+                with contextlib.suppress(Exception):
+                    current = spend_decoder.decode(entry.value)
+            if current is not None and not newer(record, current):
+                self._known[key] = current
+                return False
+            try:
+                if entry is None:
+                    await kv.create(key, encode(record))
+                else:
+                    await kv.update(key, encode(record), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue  # another replica wrote meanwhile: look again
+            self._known[key] = record
+            metrics.SPEND_PUBLISHED.inc()
+            return True
+        raise RuntimeError(f"spend {key}: compare-and-set kept losing")
