@@ -105,6 +105,9 @@ class UsageConsumer:
                     await self._unbind()
                     await asyncio.sleep(1.0)
         finally:
+            # The acks are fire-and-forget publishes: make sure they left.
+            with contextlib.suppress(Exception):
+                await self.nc.flush(timeout=1)
             await self._unbind()
 
     # ------------------------------------------------------------- fetch

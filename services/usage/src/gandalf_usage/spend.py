@@ -33,11 +33,11 @@ from nats.js.kv import KeyValue
 
 from gandalf_common.contract import SPEND_BUCKET, Spend, encode, spend_decoder
 from gandalf_common.live import LiveConfig
-from gandalf_common.records import KeyRecord, Limits, OrgRecord, TeamRecord, kv_token
+from gandalf_common.periods import period_start
+from gandalf_common.records import KeyRecord, OrgRecord, TeamRecord, kv_token
 
 from . import metrics
 from .db import SpendQuery, UsageDatabase
-from .periods import epoch, normalize, period_start
 from .writer import WriteResult
 
 log = logging.getLogger("gandalf.usage.spend")
@@ -48,6 +48,7 @@ ORG: str = "org"
 #: (scope, id)
 Scope = tuple[str, str]
 
+LIFETIME = "lifetime"
 #: Attempts of one compare-and-set before leaving the scope to the next round.
 CAS_ATTEMPTS = 5
 
@@ -86,15 +87,11 @@ class Budget:
     period: str
 
 
-def _has_budget(limits: Limits) -> bool:
-    return limits.max_budget is not None and limits.max_budget > 0
-
-
 class BudgetIndex:
     """Which scopes have a budget, from the LiveConfig mirror. Keys are
     mirrored by hash; this keeps them by id (kept current by the change
-    listener). A budget's period inherits like authz.effective: the key's,
-    else its team's, else its org's; none means lifetime."""
+    listener). Each scope is counted over its own ``budget_period`` (none:
+    lifetime), exactly as the ingress checks it (``Identity.budgets``)."""
 
     def __init__(self, live: LiveConfig) -> None:
         self.live = live
@@ -114,36 +111,21 @@ class BudgetIndex:
             self._key_ids[key_hash] = record.id
             self._keys[record.id] = record
 
-    def key_ids(self) -> Iterable[str]:
-        return self._keys.keys()
-
     def budget(self, scope: Scope) -> Budget | None:
         kind, ident = scope
-        org: OrgRecord | None
-        team: TeamRecord | None = None
+        record: KeyRecord | TeamRecord | OrgRecord | None
         if kind == KEY:
-            key = self._keys.get(ident)
-            if key is None or not _has_budget(key.limits):
-                return None
-            team = self.live.teams.get(key.team_id) if key.team_id else None
-            org = self.live.orgs.get(key.org_id)
-            own = key.limits
+            record = self._keys.get(ident)
         elif kind == TEAM:
-            team = self.live.teams.get(ident)
-            if team is None or not _has_budget(team.limits):
-                return None
-            org = self.live.orgs.get(team.org_id)
-            own = team.limits
+            record = self.live.teams.get(ident)
         else:
-            org = self.live.orgs.get(ident)
-            if org is None or not _has_budget(org.limits):
-                return None
-            own = org.limits
-        period = (own.budget_period
-                  or (team.limits.budget_period if team is not None else None)
-                  or (org.limits.budget_period if org is not None else None))
-        assert own.max_budget is not None
-        return Budget(own.max_budget, normalize(period))
+            record = self.live.orgs.get(ident)
+        if record is None:
+            return None
+        limits = record.limits
+        if limits.max_budget is None or limits.max_budget <= 0:  # None: inherit, 0: unlimited
+            return None
+        return Budget(limits.max_budget, limits.budget_period or LIFETIME)
 
     def budgeted(self) -> list[Scope]:
         """Every scope with a budget."""
@@ -186,9 +168,12 @@ class SpendPublisher:
 
     def touched(self, result: WriteResult) -> None:
         """A batch committed: its scopes' spend changed (called by the consumer)."""
-        self._dirty.update((KEY, i) for i in result.keys)
-        self._dirty.update((TEAM, i) for i in result.teams)
-        self._dirty.update((ORG, i) for i in result.orgs)
+        self.mark([(KEY, i) for i in result.keys] + [(TEAM, i) for i in result.teams]
+                  + [(ORG, i) for i in result.orgs])
+
+    def mark(self, scopes: Iterable[Scope]) -> None:
+        """Recompute (and publish, if changed) these scopes soon."""
+        self._dirty.update(scopes)
         self._wake.set()
 
     def _on_change(self, kind: str, ident: str, value: Any) -> None:
@@ -197,9 +182,7 @@ class SpendPublisher:
             if value is not None:
                 self._dirty.add((KEY, value.id))
         elif kind in (TEAM, ORG):
-            # Periods inherit downwards: a team or org change can move any
-            # budget below it. Rare, so recompute them all.
-            self._dirty.update(self.index.budgeted())
+            self._dirty.add((kind, ident))
         else:
             return
         self._wake.set()
@@ -237,15 +220,23 @@ class SpendPublisher:
     async def flush(self) -> int:
         """Publish every dirty scope that has a budget; return how many changed."""
         scopes, self._dirty = self._dirty, set()
-        now = datetime.now(UTC)
-        plan: dict[Scope, tuple[str, datetime]] = {}
+        now = time.time()
+        plan: dict[Scope, tuple[str, float]] = {}
         for scope in scopes:
             budget = self.index.budget(scope)
-            if budget is not None:
+            if budget is None:
+                continue
+            try:
+                # The ingress's own period math (gandalf_common.periods): both
+                # sides must agree on where a period starts.
                 plan[scope] = (budget.period, period_start(budget.period, now))
+            except ValueError:
+                log.warning("spend: %s %s has an unknown budget period %r; not published",
+                            scope[0], scope[1], budget.period)
         if not plan:
             return 0
-        queries: list[SpendQuery] = [(s[0], s[1], start) for s, (_p, start) in plan.items()]
+        queries: list[SpendQuery] = [(s[0], s[1], datetime.fromtimestamp(start, UTC))
+                                     for s, (_p, start) in plan.items()]
         try:
             totals = await self.db.spend(queries)
         except BaseException:
@@ -256,7 +247,7 @@ class SpendPublisher:
         error: Exception | None = None
         stamp = time.time()
         for scope, (period, start) in plan.items():
-            record = Spend(period=period, period_start=epoch(start),
+            record = Spend(period=period, period_start=start,
                            spend_usd=totals.get(scope, 0.0), updated_at=stamp)
             try:
                 changed += await self._put(spend_key(*scope), record)
