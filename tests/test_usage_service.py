@@ -25,7 +25,7 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from gandalf_common.bus import connect
@@ -139,7 +139,10 @@ async def services(own_nats: EmbeddedNats) -> AsyncIterator[Services]:
 
 async def settled(nc: NATS) -> bool:
     """Every message of the stream delivered and acked (or terminated)."""
-    info = await nc.jetstream().consumer_info(USAGE_STREAM, USAGE_DURABLE)
+    try:
+        info = await nc.jetstream().consumer_info(USAGE_STREAM, USAGE_DURABLE)
+    except NotFoundError:
+        return False
     return info.num_pending == 0 and info.num_ack_pending == 0
 
 
@@ -319,6 +322,24 @@ async def test_nats_restart_mid_flow(
     await assert_exactly_once(pool, [e.request_id for e in first + second])
 
 
+async def test_stream_recreated_under_the_service(
+        nc: NATS, pool: asyncpg.Pool, fresh_pg_dsn: str, services: Services) -> None:
+    """Someone deletes and recreates the USAGE stream (as tests sharing a
+    NATS do): the service notices its durable is gone and makes a new one."""
+    await services.start(fresh_pg_dsn, options=ConsumerOptions(max_wait_s=0.1,
+                                                               idle_check_s=0.3))
+    js = nc.jetstream()
+    first = make_events(10)
+    await publish(js, first)
+    await wait_written(nc, pool, 10)
+    await js.delete_stream(USAGE_STREAM)
+    await ensure_usage_stream(nc)
+    second = make_events(10)
+    await publish(js, second)
+    await wait_written(nc, pool, 20)
+    await assert_exactly_once(pool, [e.request_id for e in first + second])
+
+
 async def _connected(nc: NATS) -> bool:
     return nc.is_connected
 
@@ -450,3 +471,18 @@ async def test_spend_never_goes_back_within_a_period(
     assert got is not None and got.spend_usd == 2.5
     with contextlib.suppress(Exception):
         await kv.delete(spend_key("org", "o"))
+
+
+async def test_spend_refresh_repairs_a_lost_record(
+        nc: NATS, pool: asyncpg.Pool, fresh_pg_dsn: str, services: Services) -> None:
+    """The periodic refresh (also what rolls periods over) puts back a
+    record that went missing from KV, with no new usage."""
+    await put_config(nc, teams=[TeamRecord(id="t", org_id="o", name="T",
+                                           limits=Limits(max_budget=9, budget_period="daily"))])
+    await publish(nc.jetstream(), make_events(3, team_id="t", cost_usd=0.125))
+    await services.start(fresh_pg_dsn, spend_refresh_s=0.5)
+    await wait_written(nc, pool, 3)
+    kv = await nc.jetstream().key_value(SPEND_BUCKET)
+    await wait_spend(kv, "team", "t", 0.375, "daily")
+    await kv.delete(spend_key("team", "t"))
+    await wait_spend(kv, "team", "t", 0.375, "daily")

@@ -65,11 +65,15 @@ class UsageService:
         live = self._live or LiveConfig(self.cfg, managed=True)
         self.spend = SpendPublisher(self.db, live, refresh_s=self._spend_refresh_s,
                                     start_live=own_live)
-        await self.spend.start(nc)
-        self.consumer = UsageConsumer(nc, self.db, options=self.options,
-                                      on_written=self.spend.touched,
-                                      after_commit=self._after_commit)
-        await self.consumer.setup()  # a JetStream problem shows at start, not later
+        try:
+            await self.spend.start(nc)
+            self.consumer = UsageConsumer(nc, self.db, options=self.options,
+                                          on_written=self.spend.touched,
+                                          after_commit=self._after_commit)
+            await self.consumer.setup()  # a JetStream problem shows at start, not later
+        except BaseException:
+            await self.stop(0)
+            raise
         self._task = asyncio.create_task(self.consumer.run(), name="usage-consumer")
         self._subs.append(await serve_pings(nc, contract.PING_USAGE, "usage", pong))
 
@@ -90,5 +94,7 @@ class UsageService:
             self._task = None
         if self.spend is not None:
             await self.spend.stop()
+            self.spend = None
         if self.db is not None:
             await self.db.close()
+            self.db = None

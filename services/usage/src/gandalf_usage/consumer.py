@@ -23,6 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from gandalf_common.contract import USAGE_DURABLE, USAGE_STREAM, USAGE_SUBJECTS, UsageEvent
 from gandalf_common.usage_stream import ensure_usage_stream
@@ -53,6 +54,10 @@ class ConsumerOptions:
     #: Messages delivered and not yet acked, over every replica.
     max_ack_pending: int = 10_000
     max_backoff_s: float = 10.0
+    #: While idle, look at the durable this often: it refreshes the lag gauge
+    #: and notices a deleted consumer or stream (a pull on a missing consumer
+    #: just times out, like an empty one).
+    idle_check_s: float = 5.0
 
 
 def consumer_config(options: ConsumerOptions) -> ConsumerConfig:
@@ -77,6 +82,7 @@ class UsageConsumer:
         self._stopping = False
         self._db_failing_since: float | None = None
         self._nats_failing = False
+        self._last_check = time.monotonic()
 
     async def setup(self) -> None:
         """The stream and the durable (created, or brought to this config), then bind."""
@@ -121,8 +127,7 @@ class UsageConsumer:
                                           timeout=self.options.max_wait_s)
         except TimeoutError:
             # Nothing to do (or NATS is away: the client reconnects by itself).
-            if self.nc.is_connected:
-                metrics.PENDING.set(0)
+            await self._idle_check()
             return []
         except Exception as exc:  # noqa: BLE001 - the loop must survive anything NATS does
             if self.nc.is_closed:
@@ -140,6 +145,21 @@ class UsageConsumer:
             log.info("usage consumer: fetching again")
             self._nats_failing = False
         return msgs
+
+    async def _idle_check(self) -> None:
+        now = time.monotonic()
+        if now - self._last_check < self.options.idle_check_s or not self.nc.is_connected:
+            return
+        self._last_check = now
+        try:
+            info = await self.nc.jetstream().consumer_info(USAGE_STREAM, USAGE_DURABLE)
+        except NotFoundError:
+            log.warning("usage consumer: the durable or the stream is gone; recreating")
+            await self._unbind()  # the next fetch sets everything up again
+            return
+        except Exception:  # noqa: BLE001 - NATS trouble shows in the fetches
+            return
+        metrics.PENDING.set(info.num_pending)
 
     async def _unbind(self) -> None:
         psub, self._psub = self._psub, None

@@ -49,6 +49,8 @@ ORG: str = "org"
 Scope = tuple[str, str]
 
 LIFETIME = "lifetime"
+#: KV round trips in flight while publishing.
+KV_CONCURRENCY = 32
 #: Attempts of one compare-and-set before leaving the scope to the next round.
 CAS_ATTEMPTS = 5
 
@@ -139,10 +141,11 @@ class SpendPublisher:
     """Computes and publishes spend; runs as one background task."""
 
     def __init__(self, db: UsageDatabase, live: LiveConfig, *, refresh_s: float = 60.0,
-                 start_live: bool = False) -> None:
+                 min_interval_s: float = 0.25, start_live: bool = False) -> None:
         self.db = db
         self.live = live
         self.refresh_s = refresh_s
+        self.min_interval_s = min_interval_s
         self._start_live = start_live
         self.index = BudgetIndex(live)
         self._dirty: set[Scope] = set()
@@ -198,23 +201,34 @@ class SpendPublisher:
         self._dirty.update(self.index.budgeted())  # publish everything once at start
         next_refresh = time.monotonic() + self.refresh_s
         delay = 0.5
+        failing = False
         while True:
             timeout = max(0.0, next_refresh - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+            # Let a burst of batches coalesce: one query per interval, however
+            # many batches touched a scope (an org's sum reads many rollups).
+            await asyncio.sleep(self.min_interval_s)
             self._wake.clear()
             if time.monotonic() >= next_refresh:
-                # Periods roll over and lost puts get repaired here.
+                # Periods roll over and lost puts get repaired here: forget
+                # what KV was believed to hold, so each scope is checked there.
+                self._known.clear()
                 self._dirty.update(self.index.budgeted())
                 next_refresh = time.monotonic() + self.refresh_s
             try:
                 await self.flush()
             except Exception as exc:  # noqa: BLE001 - dirty scopes stay dirty; try again
-                log.warning("spend: cannot publish (%r); retrying in %.1fs", exc, delay)
+                if not failing:
+                    log.warning("spend: cannot publish (%r); retrying with backoff", exc)
+                    failing = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 self._wake.set()
                 continue
+            if failing:
+                log.info("spend: publishing again")
+                failing = False
             delay = 0.5
 
     async def flush(self) -> int:
@@ -244,16 +258,22 @@ class SpendPublisher:
             raise
         changed = 0
         failed: set[Scope] = set()
-        error: Exception | None = None
+        error: BaseException | None = None
         stamp = time.time()
-        for scope, (period, start) in plan.items():
-            record = Spend(period=period, period_start=start,
-                           spend_usd=totals.get(scope, 0.0), updated_at=stamp)
-            try:
-                changed += await self._put(spend_key(*scope), record)
-            except Exception as exc:  # noqa: BLE001 - keep going with the others
-                failed.add(scope)
-                error = exc
+        items = list(plan.items())
+        for i in range(0, len(items), KV_CONCURRENCY):
+            chunk = items[i:i + KV_CONCURRENCY]
+            results = await asyncio.gather(*(
+                self._put(spend_key(*scope), Spend(period=period, period_start=start,
+                                                   spend_usd=totals.get(scope, 0.0),
+                                                   updated_at=stamp))
+                for scope, (period, start) in chunk), return_exceptions=True)
+            for (scope, _plan), result in zip(chunk, results, strict=True):
+                if isinstance(result, BaseException):
+                    failed.add(scope)  # the others still go out
+                    error = result
+                else:
+                    changed += result
         if failed:
             self._dirty |= failed
             raise RuntimeError(f"{len(failed)} spend records not written to KV") from error
