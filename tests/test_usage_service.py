@@ -411,7 +411,9 @@ async def test_spend_per_scope_and_period(
     """Key with a daily budget, team monthly, org lifetime; a key without a
     budget gets no record; a budget added later is published at once."""
     await put_config(
-        nc, orgs=[OrgRecord(id="acme", name="Acme", limits=Limits(max_budget=1000))],
+        nc, orgs=[OrgRecord(id="acme", name="Acme", limits=Limits(max_budget=1000)),
+                  OrgRecord(id="idle", name="Idle", limits=Limits(max_budget=1,
+                                                                   budget_period="daily"))],
         teams=[TeamRecord(id="ml", org_id="acme", name="ML",
                           limits=Limits(max_budget=100, budget_period="monthly"))],
         keys=[key_record("k1", team="ml", org="acme", budget=10, period="daily"),
@@ -434,6 +436,7 @@ async def test_spend_per_scope_and_period(
     org = await wait_spend(kv, "org", "acme", sum(e.cost_usd for e in events), "lifetime")
     assert org.period_start == 0
     assert await spend_of(kv, "key", "k2") is None  # no budget, no record
+    await wait_spend(kv, "org", "idle", 0.0, "daily")  # a budget, no usage: zero
 
     # More usage: the touched scopes follow.
     extra = make_events(3, key_id="k1", team_id="ml", org_id="acme", ts=time.time(),

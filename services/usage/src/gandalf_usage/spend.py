@@ -198,7 +198,7 @@ class SpendPublisher:
             # buckets; writing usage does not wait for this.
             await self.live.start(nc, keys=True, wait=math.inf)
         self.index.reindex()
-        self._dirty.update(self.index.budgeted())  # publish everything once at start
+        self.mark(self.index.budgeted())  # publish everything once at start
         next_refresh = time.monotonic() + self.refresh_s
         delay = 0.5
         failing = False
