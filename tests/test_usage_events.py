@@ -117,7 +117,7 @@ async def test_exhausted_budget_is_refused_with_insufficient_quota(
 
     from gandalf_common.contract import SPEND_BUCKET, Spend, encode
     from gandalf_common.periods import period_start
-    from gandalf_ingress.budgets import spend_key
+    from gandalf_common.records import spend_key
 
     async with httpx.AsyncClient(base_url=managed.url + "/admin/v1", timeout=10,
                                  headers={"authorization": f"Bearer {ADMIN_KEY}"}) as api:

@@ -53,12 +53,12 @@ from gandalf_common.records import (
     TeamRecord,
     config_key,
     encode_record,
+    spend_key,
 )
 from gandalf_common.usage_stream import ensure_usage_stream
 from gandalf_usage.app import UsageService
 from gandalf_usage.consumer import ConsumerOptions
 from gandalf_usage.metrics import REGISTRY
-from gandalf_usage.spend import spend_key
 from usage_helpers import (
     assert_exactly_once,
     make_event,

@@ -42,6 +42,12 @@ def config_key(prefix: str, ident: str) -> str:
     return prefix + kv_token(ident)
 
 
+def spend_key(scope: str, ident: str) -> str:
+    """The spend bucket's key of a budget scope: ``key.<id>``, ``team.<id>``,
+    ``org.<id>`` (written by the usage service, read by the ingress)."""
+    return f"{scope}.{kv_token(ident)}"
+
+
 def from_kv_token(token: str) -> str:
     return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
 

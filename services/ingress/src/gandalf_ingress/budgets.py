@@ -15,14 +15,10 @@ from gandalf_common.contract import SPEND_BUCKET, Spend, spend_decoder
 from gandalf_common.errors import GatewayError
 from gandalf_common.kv import KVMirror
 from gandalf_common.periods import period_start
-from gandalf_common.records import kv_token
+from gandalf_common.records import spend_key
 
 if TYPE_CHECKING:
     from .auth import Identity
-
-
-def spend_key(scope: str, ident: str) -> str:
-    return f"{scope}.{kv_token(ident)}"
 
 
 class Budgets:

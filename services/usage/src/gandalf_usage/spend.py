@@ -34,7 +34,7 @@ from nats.js.kv import KeyValue
 from gandalf_common.contract import SPEND_BUCKET, Spend, encode, spend_decoder
 from gandalf_common.live import LiveConfig
 from gandalf_common.periods import period_start
-from gandalf_common.records import KeyRecord, OrgRecord, TeamRecord, kv_token
+from gandalf_common.records import KeyRecord, OrgRecord, TeamRecord, spend_key
 
 from . import metrics
 from .db import SpendQuery, UsageDatabase
@@ -53,12 +53,6 @@ LIFETIME = "lifetime"
 KV_CONCURRENCY = 32
 #: Attempts of one compare-and-set before leaving the scope to the next round.
 CAS_ATTEMPTS = 5
-
-
-def spend_key(scope: str, ident: str) -> str:
-    """The ``SPEND_BUCKET`` key of a scope: ``key.<id>``, ``team.<id>``,
-    ``org.<id>`` with the id as :func:`kv_token`."""
-    return f"{scope}.{kv_token(ident)}"
 
 
 async def open_spend_bucket(nc: NATS) -> KeyValue:
