@@ -70,7 +70,7 @@ class ManagedGateway:
 
 
 async def start_managed(nats_url: str, dsn: str, upstream: str, *, extra: str = "",
-                        port: int = 0) -> ManagedGateway:
+                        port: int = 0, usage: bool = False) -> ManagedGateway:
     from gandalf_admin.app import AdminService
     from gandalf_ingress.app import IngressService
     from gandalf_router.app import RouterService
@@ -89,6 +89,13 @@ async def start_managed(nats_url: str, dsn: str, upstream: str, *, extra: str = 
     workers = WorkerService(cfg, live=live)
     await router.start(nc)
     await workers.start(nc)
+    services: list[Any] = [admin, router, workers]
+    if usage:
+        from gandalf_usage.app import UsageService
+
+        writer = UsageService(dsn, cfg, live=live, spend_refresh_s=1.0)
+        await writer.start(nc)
+        services.append(writer)
     stop = asyncio.Event()
     digest = hashlib.sha256(ADMIN_KEY.encode()).hexdigest()
     task = asyncio.create_task(IngressService(cfg, admin_key_sha256=digest, live=live)
@@ -100,5 +107,4 @@ async def start_managed(nats_url: str, dsn: str, upstream: str, *, extra: str = 
             break
         except OSError:
             await asyncio.sleep(0.02)
-    return ManagedGateway(cfg, f"http://127.0.0.1:{port}", nc, live,
-                          [admin, router, workers], stop, task)
+    return ManagedGateway(cfg, f"http://127.0.0.1:{port}", nc, live, services, stop, task)
