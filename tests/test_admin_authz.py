@@ -48,8 +48,8 @@ async def test_every_role_on_every_route(nats_url: str, fresh_pg_dsn: str) -> No
                     assert payload["error"]["code"] == "insufficient_permissions"
                     assert payload["error"]["type"] == "permission_error"
         # The table is what the service serves: keys, orgs, teams, providers,
-        # routes (5 each), auth settings (2) and the cache purge.
-        assert len(seen) == len(ROUTES) == 28
+        # routes (5 each), auth settings (2), the cache purge and usage (2).
+        assert len(seen) == len(ROUTES) == 30
 
 
 async def _setup_two_orgs(admin: AdminClient) -> dict[str, str]:

@@ -14,6 +14,8 @@ from gandalf_common.crypto import SecretBox
 from .access import Access
 from .replicate import Replicator
 from .store import Store
+from .store.pg_usage import PgUsageRepo
+from .store.usage_ports import UsageRepo
 from .wire import Request
 
 
@@ -24,6 +26,11 @@ class Deps:
     repl: Replicator
     box: SecretBox | None
     nc: NATS
+
+    @property
+    def usage(self) -> UsageRepo:
+        """Usage queries (read-only, on the store's pool)."""
+        return PgUsageRepo(self.store.pool)
 
 
 Handler = Callable[[Request, Access, Deps], Awaitable[AdminResponse]]

@@ -11,7 +11,7 @@ from gandalf_common.authz import Perm
 from gandalf_common.contract import AdminResponse
 
 from .access import Access, Scope, authorize
-from .api import keys, orgs, providers, settings, teams
+from .api import keys, orgs, providers, settings, teams, usage
 from .api import routes as routes_api
 from .deps import Deps, Handler
 from .errors import ApiError
@@ -38,6 +38,7 @@ class Route:
 
 
 _KEYS = Perm.MANAGE_OWN_KEYS | Perm.MANAGE_ALL_KEYS
+_USAGE = Perm.VIEW_OWN_USAGE | Perm.VIEW_ALL_USAGE
 G, ORG, A = Scope.GLOBAL, Scope.ORG, Scope.ANY
 
 ROUTES: tuple[Route, ...] = (
@@ -77,6 +78,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", f"{PREFIX}/auth/configure", Perm.MANAGE_ORGS, G, settings.get_jwt),
     Route("POST", f"{PREFIX}/auth/configure", Perm.MANAGE_ORGS, G, settings.configure_jwt),
     Route("POST", f"{PREFIX}/cache/purge", Perm.MANAGE_PROVIDERS, G, settings.purge_cache),
+    # Members see their own key's (or user's) usage, VIEW_ALL_USAGE the whole org.
+    Route("GET", f"{PREFIX}/usage", _USAGE, ORG, usage.list_usage),
+    Route("GET", f"{PREFIX}/usage/summary", _USAGE, ORG, usage.usage_summary),
 )
 
 
