@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", parents=[common], help="run provider workers")
     worker.add_argument("--provider", action="append", default=[],
                         help="serve only this provider instance (repeatable)")
-    sub.add_parser("usage", parents=[common], help="run the usage service")
+    sub.add_parser("usage", parents=[common],
+                   help="run the usage service (also: usage replay|export, see --help there)")
     sub.add_parser("admin", parents=[common], help="run the admin service")
     sub.add_parser("version", help="print the version")
     node = sub.add_parser("node", parents=[common], help=argparse.SUPPRESS)
@@ -151,7 +152,13 @@ def _run_node(args: argparse.Namespace, cfg: GatewayConfig, *, ingress: bool, ro
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(_normalize(sys.argv[1:] if argv is None else argv))
+    raw = _normalize(sys.argv[1:] if argv is None else argv)
+    tool = _usage_tool(raw)
+    if tool is not None:
+        from gandalf_usage.cli import main as usage_main
+
+        raise SystemExit(usage_main(tool))
+    args = _parser().parse_args(raw)
     if args.command == "version":
         print(f"gandalf {__version__}")
         return
@@ -178,6 +185,22 @@ def main(argv: list[str] | None = None) -> None:
         from gandalf_admin.app import AdminService
 
         _run_single(args, cfg, AdminService(cfg, cfg.database.url))
+
+
+def _usage_tool(argv: list[str]) -> list[str] | None:
+    """``gandalf [--config F] usage replay|export ...``: the billing tools'
+    own arguments (a ``--config`` given before ``usage`` is passed along)."""
+    if "usage" not in argv:
+        return None
+    at = argv.index("usage")
+    rest = argv[at + 1:]
+    if not rest or rest[0] not in ("replay", "export"):
+        return None
+    before = argv[:at]
+    if "--config" in before and "--config" not in rest:
+        i = before.index("--config")
+        rest = [*rest, *before[i:i + 2]]
+    return rest
 
 
 def _run_single(args: argparse.Namespace, cfg: GatewayConfig, service: object) -> None:
