@@ -98,6 +98,18 @@ def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def managed_nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private NATS for managed-mode gateways: the session's static test
+    gateway serves the same subjects (router, workers) on the shared server,
+    and a managed test must not have its requests answered by it."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("managed-nats"), max_payload=1024 * 1024)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
 # --------------------------------------------------------------------------- Postgres
 
 

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def managed(nats_url: str, fresh_pg_dsn: str, mock_upstream: Any
+async def managed(managed_nats_url: str, fresh_pg_dsn: str, mock_upstream: Any
                   ) -> AsyncIterator[ManagedGateway]:
-    gw = await start_managed(nats_url, fresh_pg_dsn, mock_upstream.base_url)
+    gw = await start_managed(managed_nats_url, fresh_pg_dsn, mock_upstream.base_url)
     yield gw
     await gw.close()
 

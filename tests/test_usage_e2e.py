@@ -27,11 +27,11 @@ EXTRA = """
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def managed(nats_url: str, fresh_pg_dsn: str, mock_upstream: Any
+async def managed(managed_nats_url: str, fresh_pg_dsn: str, mock_upstream: Any
                   ) -> AsyncIterator[ManagedGateway]:
     import nats
 
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(managed_nats_url)
     js = nc.jetstream()
     try:  # a clean stream: other tests' events must not land in this database
         await js.delete_stream("USAGE")
@@ -39,7 +39,7 @@ async def managed(nats_url: str, fresh_pg_dsn: str, mock_upstream: Any
         pass
     await ensure_usage_stream(nc)
     await nc.close()
-    gw = await start_managed(nats_url, fresh_pg_dsn, mock_upstream.base_url, extra=EXTRA,
+    gw = await start_managed(managed_nats_url, fresh_pg_dsn, mock_upstream.base_url, extra=EXTRA,
                              usage=True)
     yield gw
     await gw.close()

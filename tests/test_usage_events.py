@@ -28,9 +28,9 @@ EXTRA = """
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def managed(nats_url: str, fresh_pg_dsn: str, mock_upstream: Any
+async def managed(managed_nats_url: str, fresh_pg_dsn: str, mock_upstream: Any
                   ) -> AsyncIterator[ManagedGateway]:
-    gw = await start_managed(nats_url, fresh_pg_dsn, mock_upstream.base_url, extra=EXTRA)
+    gw = await start_managed(managed_nats_url, fresh_pg_dsn, mock_upstream.base_url, extra=EXTRA)
     yield gw
     await gw.close()
 
