@@ -137,12 +137,26 @@ class SecurityConfig(_Base, kw_only=True, frozen=True):
 class RateLimitsConfig(_Base, kw_only=True, frozen=True):
     default_rpm: int = 60
     default_tpm: int = 100000
+    #: memory (per process) | redis (shared by every ingress); "" = redis when
+    #: redis.url is set, else memory.
+    backend: str = ""
+    #: Redis unreachable: local (a per-process limiter, logged and counted) or
+    #: closed (refuse with 503 until Redis is back).
+    on_redis_failure: str = "local"
 
 
 class CacheConfig(_Base, kw_only=True, frozen=True):
     enabled: bool = True
     max_size: int = 10000
     default_ttl: Duration = 300.0
+    #: memory | redis; "" = redis when redis.url is set, else memory.
+    backend: str = ""
+    #: key (the original: entries are per API key) | org (shared in an org).
+    scope: str = "key"
+    #: Requests with a seed, or a temperature up to this, are cached.
+    max_temperature: float = 0.3
+    #: Serve streaming requests from the cache as a synthesized stream.
+    stream: bool = True
 
 
 class CircuitBreakerConfig(_Base, kw_only=True, frozen=True):
@@ -346,6 +360,19 @@ class _Validator:
                 raise self.error("must start with nats:// or tls://", "nats.url")
         self.min(c.rate_limits.default_rpm, 0, "rate_limits.default_rpm")
         self.min(c.rate_limits.default_tpm, 0, "rate_limits.default_tpm")
+        for name, value in (("default_rpm", c.rate_limits.default_rpm),
+                            ("default_tpm", c.rate_limits.default_tpm)):
+            if value > 10**9:
+                raise self.error(f"absurd limit {value} (at most 1e9)", f"rate_limits.{name}")
+        self.choice(c.rate_limits.backend, ("", "memory", "redis"), "rate_limits.backend")
+        self.choice(c.rate_limits.on_redis_failure, ("local", "closed"),
+                    "rate_limits.on_redis_failure")
+        self.choice(c.cache.backend, ("", "memory", "redis"), "cache.backend")
+        self.choice(c.cache.scope, ("key", "org"), "cache.scope")
+        for name in ("rate_limits.backend", "cache.backend"):
+            section, field = name.split(".")
+            if getattr(getattr(c, section), field) == "redis" and not c.redis.url:
+                raise self.error("redis backend needs redis.url", name)
         self.min(c.cache.max_size, 0, "cache.max_size")
         self.min(c.cache.default_ttl, 0, "cache.default_ttl")
         tracing = c.telemetry.tracing

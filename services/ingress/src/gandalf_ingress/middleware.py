@@ -86,7 +86,8 @@ class EdgeMiddleware:
             return
 
         request_id = request_id_from(scope)
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         extra = [*_SECURITY, (b"x-request-id", request_id.encode())]
         status = 500
         started = False
@@ -96,7 +97,10 @@ class EdgeMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), *extra]
+                # Endpoints add response headers (rate limits, cache) to
+                # ``state["headers"]``, whoever writes the response.
+                message["headers"] = [*message.get("headers", ()), *extra,
+                                      *state.get("headers", ())]
             await send(message)
 
         t0 = time.perf_counter()
