@@ -243,8 +243,10 @@ def _fallback_count(policy: str, op: str = "acquire") -> float:
                                      {"policy": policy, "op": op}) or 0.0
 
 
-async def test_fallback_local_answers_from_memory() -> None:
-    lim = FallbackLimiter(RedisLimiter(DEAD_REDIS, timeout=0.1), MemoryLimiter(), "local")
+async def test_fallback_local_answers_from_memory(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", logger="gandalf.ratelimit")
+    lim = FallbackLimiter(RedisLimiter(DEAD_REDIS, timeout=0.1), MemoryLimiter(), "local",
+                          probe_interval=0.0)  # probe on every call: still one log line
     before = _fallback_count("local")
     try:
         d1 = await lim.acquire("k", 2, 0, 0)
@@ -256,6 +258,7 @@ async def test_fallback_local_answers_from_memory() -> None:
         assert _fallback_count("local") == before + 3
         await lim.settle("k", 100, 10, 5)
         assert _fallback_count("local", "settle") >= 1
+        assert sum("Redis unavailable" in r.getMessage() for r in caplog.records) == 1
     finally:
         await lim.aclose()
 
@@ -373,3 +376,34 @@ def test_estimate_embeddings() -> None:
     assert estimate_embedding_tokens({"input": [[1, 2], [3]]}) == 3
     assert estimate_embedding_tokens({"input": ""}) == 1
     assert estimate_embedding_tokens({}) == 1
+
+
+async def test_fallback_on_a_hanging_redis_is_bounded_by_the_timeout() -> None:
+    """Redis slow rather than down (C13): accepts connections, never answers."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    lim = FallbackLimiter(RedisLimiter(f"redis://127.0.0.1:{port}/0", timeout=0.05),
+                          MemoryLimiter(), "local")
+    before = _fallback_count("local")
+    loop = asyncio.get_running_loop()
+    try:
+        t0 = loop.time()
+        results = await asyncio.gather(*[lim.acquire("k", 10, 0, 0) for _ in range(20)])
+        elapsed = loop.time() - t0
+        assert all(d.allowed for d in results[:10]) and sum(d.allowed for d in results) == 10
+        assert elapsed < 0.5  # one short timeout, not one per request in series
+        assert _fallback_count("local") == before + 20
+        t0 = loop.time()
+        await lim.acquire("k", 10, 0, 0)  # within the probe interval: no Redis call at all
+        assert loop.time() - t0 < 0.02
+    finally:
+        await lim.aclose()
+        for w in held:
+            w.close()
+        server.close()
+        await server.wait_closed()
