@@ -327,6 +327,25 @@ async def test_redis_index_sets_outlive_entries(redis_cache: RedisCache, redis_u
         await client.aclose()
 
 
+async def test_redis_stale_index_members_are_pruned(
+    redis_cache: RedisCache, redis_url: str
+) -> None:
+    import redis.asyncio as aioredis
+
+    for i in range(50):
+        await redis_cache.set(f"s{i}", b"v", ttl=0.1, model="m", key_id="k", org_id="o")
+    await asyncio.sleep(0.2)
+    for i in range(100):
+        await redis_cache.set(f"l{i}", b"v", ttl=60, model="m", key_id="k", org_id="o")
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        sizes = [await client.scard(redis_cache._prefix + n) for n in ("m:m", "k:k")]
+    finally:
+        await client.aclose()
+    assert all(100 <= n <= 125 for n in sizes), sizes  # most of the 50 dead members are gone
+    assert await redis_cache.purge(model="m") == 100
+
+
 def test_memory_requires_positive_size() -> None:
     with pytest.raises(ValueError):
         MemoryCache(0)
@@ -348,7 +367,7 @@ async def test_memory_max_size_bound() -> None:
         await cache.aclose()
 
 
-async def test_memory_index_stays_bounded_under_expiry() -> None:
+async def test_memory_index_stays_bounded_under_eviction() -> None:
     cache = MemoryCache(max_size=10)
     try:
         for i in range(3000):
