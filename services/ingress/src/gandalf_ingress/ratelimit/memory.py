@@ -92,6 +92,8 @@ class MemoryLimiter:
         return entry
 
     async def acquire(self, key: str, rpm: int, tpm: int, tokens: int) -> Decision:
+        if rpm <= 0 and tpm <= 0:
+            return Decision(True, 0, 0, 0, 0, 0.0, 0)  # unlimited: no state
         now = self._clock()
         self._evict(now)
         entry = self._entry(key, rpm, tpm, now)
