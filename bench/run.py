@@ -244,6 +244,10 @@ keys:
   - name: bench
     key: {key}
     role: admin
+# Limits high enough never to refuse, so the limiter's cost is measured.
+rate_limits:
+  default_rpm: 100000000
+  default_tpm: 1000000000
 """
 
 

@@ -125,6 +125,9 @@ providers:
     base_url: {root}
     auth: {{credentials_file: {gcp}}}
     timeout_ms: 5000
+# Rate limits and the cache have tests of their own.
+rate_limits: {{default_rpm: 0, default_tpm: 0}}
+cache: {{enabled: false}}
 routes:
   - model_alias: claude
     targets: [{{provider: anthropic, model: claude-sonnet-4-5}}]

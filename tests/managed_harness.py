@@ -39,6 +39,9 @@ providers:
     base_url: {upstream}
     api_key: {UPSTREAM_KEY}
     timeout_ms: 5000
+# Rate limits and the cache have tests of their own.
+rate_limits: {{default_rpm: 0, default_tpm: 0}}
+cache: {{enabled: false}}
 routes:
   - model_alias: m
     targets: [{{provider: primary, model: managed-ok}}]

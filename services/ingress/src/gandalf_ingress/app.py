@@ -24,7 +24,9 @@ from gandalf_common.live import LiveConfig
 from gandalf_common.pricing import PriceBook
 
 from .admin_proxy import AdminProxy
+from .admission import RateLimits, build_limiter
 from .auth import Authenticator
+from .caching import Caching, build_cache
 from .handlers import Gateway, ModelsEndpoint, ProxyEndpoint
 from .inbox import ReplyInbox
 from .metrics import render
@@ -84,8 +86,9 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
     makes (and in managed mode starts) its own."""
     own_live = live is None
     live = live or LiveConfig(cfg)
+    caching = Caching(cfg, build_cache(cfg))
     gateway = Gateway(keys=Authenticator(live, admin_key_sha256, jwt=jwt_verifier(cfg)),
-                      live=live,
+                      live=live, limits=RateLimits(cfg, build_limiter(cfg)), caching=caching,
                       max_body=cfg.server.max_body_bytes,
                       write_timeout=cfg.server.write_timeout or 120.0,
                       read_timeout=cfg.server.read_timeout or 30.0)
@@ -131,6 +134,10 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
                 await publisher.start()
                 gateway.usage = UsageRecorder(publisher, PriceBook.from_config(cfg))
                 await gateway.budgets.start(conn)
+            async def on_purge(msg: Any) -> None:
+                await caching.purge(msg.data)
+
+            purges = await conn.subscribe(contract.CACHE_PURGE, cb=on_purge)
             inbox = ReplyInbox()
             await inbox.start(conn)
             on_disconnect(conn, inbox.fail_all)
@@ -146,6 +153,8 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
                 if publisher is not None:
                     await publisher.stop(timeout=cfg.server.shutdown_timeout or 10.0)
                 await gateway.budgets.stop()
+                await purges.unsubscribe()
+                await caching.aclose()
                 if own_live:
                     await live.stop()
                 if nc is None:

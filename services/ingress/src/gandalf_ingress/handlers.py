@@ -22,14 +22,18 @@ from gandalf_common.errors import (
 from gandalf_common.live import LiveConfig
 from gandalf_common.pricing import PriceBook
 
+from .admission import RateLimits
 from .auth import Authenticator, Identity
 from .budgets import Budgets
+from .caching import Caching, mark, serve_hit, usage_of
 from .metrics import CLIENT_DISCONNECTS, UPSTREAM_ERRORS
+from .ratelimit import estimate_chat_tokens, estimate_embedding_tokens
 from .relay import Receive, Relay, Send, send_json_error
 from .schemas import parse_chat, parse_embeddings
 from .usage import Outcome, UsageRecorder
 
 Scope = dict[str, Any]
+_json_decode = msgspec.json.Decoder().decode
 
 
 class _ClientGone(Exception):
@@ -83,11 +87,14 @@ class Gateway:
     def __init__(self, *, keys: Authenticator, live: LiveConfig, max_body: int,
                  write_timeout: float, read_timeout: float, relay: Relay | None = None,
                  bodies: BodyStore | None = None, usage: UsageRecorder | None = None,
-                 budgets: Budgets | None = None) -> None:
+                 budgets: Budgets | None = None, limits: RateLimits | None = None,
+                 caching: Caching | None = None) -> None:
         self.keys = keys
         self.live = live
         self.usage = usage or UsageRecorder(None, PriceBook())
         self.budgets = budgets or Budgets()
+        self.limits = limits or RateLimits(live.cfg, None)
+        self.caching = caching or Caching(live.cfg, None)
         #: Every routed alias (others are 404), and those /v1/models lists:
         #: a route whose providers are all disabled answers 503, unlisted.
         #: Recomputed when providers or routes change (admin API, KV).
@@ -101,6 +108,10 @@ class Gateway:
         self.relay = relay
         self.bodies = bodies
 
+    @property
+    def needs_payload(self) -> bool:
+        """Decode the body to a dict only when the cache or the TPM limit needs it."""
+        return self.caching.cache is not None or self.limits.limiter is not None
 
     def _on_change(self, kind: str, _ident: str, _value: Any) -> None:
         if kind in ("provider", "route"):
@@ -119,6 +130,16 @@ class _ModelOnly(msgspec.Struct):
 
 
 _model_decoder = msgspec.json.Decoder(_ModelOnly)
+
+
+def _payload(body: bytes) -> dict[str, Any]:
+    """The body as a dict for the cache key and the token estimate ({} if it
+    does not decode as one: the estimate then falls back to its size)."""
+    try:
+        data = _json_decode(body)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _model_of(body: bytes) -> str:
@@ -155,6 +176,25 @@ class ProxyEndpoint:
             req = self._route_request(identity, body, request_id)
             model = req.model
             gw.budgets.check(identity)
+            payload = _payload(body) if gw.needs_payload else {}
+            cached = gw.caching.key_for(scope, payload, model=model, stream=req.stream,
+                                        key_id=identity.key_id, org_id=identity.org_id) \
+                if self.op == contract.OP_CHAT and payload else None
+            if cached is not None:
+                hit = await gw.caching.get(cached[0]) if cached[1] else None
+                mark(scope["state"], hit is not None)
+                if hit is not None:
+                    # A hit costs a request, never tokens.
+                    await gw.limits.admit(scope["state"], identity, 0)
+                    await serve_hit(send, hit, stream=req.stream,
+                                    include_usage=req.include_usage)
+                    await gw.usage.finished(
+                        request_id=request_id, started=started, identity=identity,
+                        endpoint=self.op, model=model, stream=req.stream, status=200,
+                        outcome=Outcome(status=200, usage=usage_of(hit)), cached=True)
+                    return
+            decision = await gw.limits.admit(scope["state"], identity,
+                                             self._estimate(payload, body))
             relay = gw.relay
             if relay is None:
                 raise GatewayError("gateway is starting", status=503)
@@ -180,12 +220,24 @@ class ProxyEndpoint:
         await gw.usage.finished(request_id=request_id, started=started, identity=identity,
                                 endpoint=self.op, model=req.model, stream=req.stream,
                                 status=status, outcome=outcome, body_size=len(body))
+        await gw.limits.settle(identity, decision, outcome.usage)
+        if cached is not None and status == 200 and outcome.body is not None:
+            await gw.caching.store(cached[0], outcome.body, model=req.model,
+                                   key_id=identity.key_id, org_id=identity.org_id)
         if status == 499:
             CLIENT_DISCONNECTS.inc()
         elif status >= 500:
             UPSTREAM_ERRORS.labels(str(status)).inc()
         if body_ref and gw.bodies is not None:
             await gw.bodies.delete(body_ref)
+
+    def _estimate(self, payload: dict[str, Any], body: bytes) -> int:
+        """Tokens to reserve before the call (settled with the real usage after)."""
+        if not payload:
+            return max(1, len(body) // 4)
+        if self.op == contract.OP_CHAT:
+            return estimate_chat_tokens(payload)
+        return estimate_embedding_tokens(payload)
 
     def _route_request(self, identity: Identity, body: bytes, request_id: str) -> RouteRequest:
         stream = False

@@ -100,6 +100,8 @@ class Relay:
                 outcome.error_code = reply.code or reply.type
             return await send_error(send, reply)
         status, body = reply
+        if outcome is not None:
+            outcome.body = body
         await send({"type": "http.response.start", "status": status,
                     "headers": [_JSON]})
         await send({"type": "http.response.body", "body": body})

@@ -56,6 +56,8 @@ class Outcome:
     error_code: str = ""
     #: Chunks relayed to the client (a disconnect's completion estimate).
     chunks: int = 0
+    #: The whole JSON answer of a non-streaming request (for the cache).
+    body: bytes | None = None
 
 
 class UsagePublisher:
@@ -141,7 +143,7 @@ class UsageRecorder:
     async def finished(self, *, request_id: str, started: float, identity: Identity,
                        endpoint: str, model: str, stream: bool, status: int,
                        outcome: Outcome | None = None, body_size: int = 0,
-                       error: str = "") -> None:
+                       error: str = "", cached: bool = False) -> None:
         if self.publisher is None:
             return
         out = outcome or Outcome(status=status)
@@ -155,12 +157,14 @@ class UsageRecorder:
             usage = contract.Usage(prompt_tokens=prompt, completion_tokens=out.chunks,
                                    total_tokens=prompt + out.chunks)
             estimated = True
-        cost = self.prices.cost(usage, model, out.provider, out.provider_model)
+        # A cache hit bills nothing (its tokens are reported, at no cost).
+        cost = 0.0 if cached else self.prices.cost(usage, model, out.provider,
+                                                   out.provider_model)
         event = UsageEvent(
             request_id=request_id, ts=started, org_id=identity.org_id,
             team_id=identity.team_id, key_id=identity.key_id, user_id=identity.user_id,
             auth=identity.auth, endpoint=endpoint, model=model, provider=out.provider,
-            provider_model=out.provider_model, status=status, stream=stream,
+            provider_model=out.provider_model, status=status, stream=stream, cached=cached,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             cached_tokens=usage.cached_tokens if usage else 0,
