@@ -1,0 +1,195 @@
+"""Rate limits and the response cache on real HTTP, NATS and Redis: extra
+ingresses (in-process and as separate processes) in front of the session's
+test router and workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gandalf_common.bus import connect
+from gandalf_common.config import parse_config
+from gandalf_common.contract import CACHE_PURGE, CachePurge, encode
+from gandalf_ingress.app import IngressService
+from gateway_harness import UPSTREAM_KEY, free_port
+
+
+def ingress_yaml(port: int, upstream: str, key: str, extra: str = "") -> str:
+    # The router and workers are the session gateway's (same subjects, same
+    # provider names); only the edge is new.
+    return f"""
+server:
+  addr: "127.0.0.1:{port}"
+  write_timeout: 20s
+providers:
+  - name: primary
+    type: openai
+    base_url: {upstream}
+    api_key: {UPSTREAM_KEY}
+routes:
+  - model_alias: m
+    targets: [{{provider: primary, model: ok}}]
+keys:
+  - {{name: limited, key: {key}, role: member}}
+{extra}
+"""
+
+
+@asynccontextmanager
+async def ingress(nats_url: str, yaml_text: str, port: int) -> AsyncIterator[str]:
+    cfg, _ = parse_config(yaml_text)
+    nc = await connect(nats_url, "limits-test")
+    stop = asyncio.Event()
+    task = asyncio.create_task(IngressService(cfg).serve(nc, stop))
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as http:
+        for _ in range(200):
+            try:
+                await http.get(url + "/healthz")
+                break
+            except httpx.HTTPError:
+                await asyncio.sleep(0.02)
+    try:
+        yield url
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await nc.close()
+
+
+def chat(key: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": "hello"}], **extra}
+
+
+async def test_two_ingress_processes_share_one_rpm_through_redis(
+        gateway: Any, upstream: Any, nats_url: str, redis_url: str, tmp_path: Path) -> None:
+    key = "gnd_" + secrets.token_urlsafe(16)  # fresh buckets in the shared Redis
+    ports = [free_port(), free_port()]
+    procs = []
+    for port in ports:
+        config = tmp_path / f"ingress-{port}.yaml"
+        config.write_text(ingress_yaml(port, upstream.base_url, key, f"""
+redis: {{url: "{redis_url}"}}
+rate_limits: {{default_rpm: 10, default_tpm: 0, backend: redis}}
+cache: {{enabled: false}}
+"""))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "gandalf_common.cli", "ingress", "--config", str(config),
+             "--log-level", "warning"], env=dict(os.environ, GANDALF_NATS_URL=nats_url)))
+    try:
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        async with httpx.AsyncClient(timeout=15) as http:
+            for url in urls:
+                for _ in range(300):
+                    try:
+                        if (await http.get(url + "/healthz")).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    await asyncio.sleep(0.05)
+            auth = {"authorization": f"Bearer {key}"}
+            results = await asyncio.gather(*(
+                http.post(urls[i % 2] + "/v1/chat/completions", json=chat(key), headers=auth)
+                for i in range(30)))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+    statuses = sorted(r.status_code for r in results)
+    assert statuses.count(200) == 10 and statuses.count(429) == 20, statuses
+    refused = next(r for r in results if r.status_code == 429)
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    ok = next(r for r in results if r.status_code == 200)
+    assert ok.headers["x-ratelimit-limit-requests"] == "10"
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("local", 200), ("closed", 503)])
+async def test_redis_unreachable_follows_the_policy(gateway: Any, upstream: Any,
+                                                    nats_url: str, policy: str,
+                                                    expected: int) -> None:
+    key = "gnd_" + secrets.token_urlsafe(16)
+    port = free_port()
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    text = ingress_yaml(port, upstream.base_url, key, f"""
+redis: {{url: "{dead}"}}
+rate_limits: {{default_rpm: 100, backend: redis, on_redis_failure: {policy}}}
+cache: {{enabled: false}}
+""")
+    async with ingress(nats_url, text, port) as url, httpx.AsyncClient(timeout=15) as http:
+        r = await http.post(url + "/v1/chat/completions", json=chat(key),
+                            headers={"authorization": f"Bearer {key}"})
+    assert r.status_code == expected, r.text
+
+
+async def test_tpm_headers_and_refusal(gateway: Any, upstream: Any, nats_url: str) -> None:
+    key = "gnd_" + secrets.token_urlsafe(16)
+    port = free_port()
+    text = ingress_yaml(port, upstream.base_url, key, """
+rate_limits: {default_rpm: 0, default_tpm: 60}
+cache: {enabled: false}
+""")
+    auth = {"authorization": f"Bearer {key}"}
+    async with ingress(nats_url, text, port) as url, httpx.AsyncClient(timeout=15) as http:
+        first = await http.post(url + "/v1/chat/completions", headers=auth,
+                                json=chat(key, max_tokens=30))
+        assert first.status_code == 200
+        assert first.headers["x-ratelimit-limit-tokens"] == "60"
+        # The estimate was settled with the real usage, so room is left; a large
+        # estimate (capped at the capacity) then finds the bucket short.
+        second = await http.post(url + "/v1/chat/completions", headers=auth,
+                                 json=chat(key, max_tokens=5000))
+    assert second.status_code == 429
+    assert "x-ratelimit-remaining-tokens" in second.headers
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_cache_hit_miss_no_cache_purge_and_stream(
+        gateway: Any, upstream: Any, nats_url: str, redis_url: str, backend: str) -> None:
+    key = "gnd_" + secrets.token_urlsafe(16)
+    port = free_port()
+    text = ingress_yaml(port, upstream.base_url, key, f"""
+redis: {{url: "{redis_url}"}}
+rate_limits: {{default_rpm: 0, default_tpm: 0}}
+cache: {{enabled: true, backend: {backend}, default_ttl: 60s}}
+""")
+    auth = {"authorization": f"Bearer {key}"}
+    body = chat(key, temperature=0, messages=[{"role": "user",
+                                              "content": f"cache me {secrets.token_hex(4)}"}])
+
+    def calls() -> int:
+        return len(upstream.requests_to("/chat/completions"))
+
+    async with ingress(nats_url, text, port) as url, httpx.AsyncClient(timeout=15) as http:
+        post = url + "/v1/chat/completions"
+        miss = await http.post(post, json=body, headers=auth)
+        hit = await http.post(post, json=body, headers=auth)
+        assert (miss.headers["x-gandalf-cache"], hit.headers["x-gandalf-cache"]) == (
+            "miss", "hit")
+        assert hit.content == miss.content and calls() == 1
+        forced = await http.post(post, json=body, headers={**auth,
+                                                           "cache-control": "no-cache"})
+        assert forced.headers["x-gandalf-cache"] == "miss" and calls() == 2
+        streamed = await http.post(post, json={**body, "stream": True}, headers=auth)
+        assert streamed.headers["x-gandalf-cache"] == "hit" and calls() == 2
+        assert "data: [DONE]" in streamed.text
+        nc = await connect(nats_url, "purge-test")
+        await nc.publish(CACHE_PURGE, encode(CachePurge(model="m")))
+        await nc.flush()
+        await nc.close()
+        await asyncio.sleep(0.2)
+        after = await http.post(post, json=body, headers=auth)
+        assert after.headers["x-gandalf-cache"] == "miss" and calls() == 3
+        sampled = await http.post(post, json=chat(key, temperature=1.0), headers=auth)
+        assert "x-gandalf-cache" not in sampled.headers  # not deterministic: never cached
