@@ -252,15 +252,21 @@ rate_limits:
 
 
 class Gandalf:
-    def __init__(self, workdir: Path, nginx_port: int, processes: int, log_level: str) -> None:
+    def __init__(self, workdir: Path, nginx_port: int, processes: int, log_level: str,
+                 redis: str = "") -> None:
         self.port = free_port()
         self.data_dir = workdir / "gandalf-data"
         self.config = workdir / "gandalf.yaml"
         self.log = workdir / "gandalf.log"
         self.processes = processes
         self.log_level = log_level
-        self.config.write_text(GANDALF_CONFIG.format(
-            addr=f"{HOST}:{self.port}", host=HOST, nginx_port=nginx_port, key=KEY))
+        text = GANDALF_CONFIG.format(addr=f"{HOST}:{self.port}", host=HOST,
+                                     nginx_port=nginx_port, key=KEY)
+        if redis:
+            # Shared limiter and cache in Redis (the multi-replica setup).
+            text = text.replace("rate_limits:\n", "redis:\n  url: " + redis
+                                + "\ncache:\n  backend: redis\nrate_limits:\n  backend: redis\n")
+        self.config.write_text(text)
         self.proc: subprocess.Popen[bytes] | None = None
         self.cmd: list[str] = []
 
@@ -640,6 +646,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ttfc-requests", type=int, default=300)
     p.add_argument("--output", type=Path, default=BENCH / "results" / "latest.md")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
+    p.add_argument("--redis", default="", metavar="URL",
+                   help="rate limits and cache in this Redis (default: in memory)")
     return p.parse_args()
 
 
@@ -674,7 +682,7 @@ def main() -> int:
     ok = False
     try:
         nginx.start()
-        gandalf = Gandalf(workdir, nginx.port, args.processes, args.log_level)
+        gandalf = Gandalf(workdir, nginx.port, args.processes, args.log_level, args.redis)
         ready_s = gandalf.start()
         for stream in (False, True):
             check_once(nginx.url(stream), stream, "direct")
