@@ -157,6 +157,11 @@ class CacheConfig(_Base, kw_only=True, frozen=True):
     max_temperature: float = 0.3
     #: Serve streaming requests from the cache as a synthesized stream.
     stream: bool = True
+    #: Semantic cache: the embeddings alias used to embed prompts ("" = off).
+    semantic_model: str = ""
+    #: Minimum cosine similarity for a semantic hit, in (0, 1].
+    semantic_threshold: float = 0.95
+    semantic_max_entries: int = 10000
 
 
 class CircuitBreakerConfig(_Base, kw_only=True, frozen=True):
@@ -246,6 +251,8 @@ class RouteConfig(_Base, kw_only=True, frozen=True):
     targets: list[RouteTargetConfig]
     strategy: str = "priority"
     cache_ttl_s: int = 0
+    #: Opt in to the semantic response cache (needs cache.semantic_model).
+    semantic_cache: bool = False
     #: This alias's price, whatever target answers.
     pricing: PriceConfig | None = None
 
@@ -375,6 +382,9 @@ class _Validator:
                 raise self.error("redis backend needs redis.url", name)
         self.min(c.cache.max_size, 0, "cache.max_size")
         self.min(c.cache.default_ttl, 0, "cache.default_ttl")
+        if not 0 < c.cache.semantic_threshold <= 1:
+            raise self.error("must be in (0, 1]", "cache.semantic_threshold")
+        self.min(c.cache.semantic_max_entries, 0, "cache.semantic_max_entries")
         tracing = c.telemetry.tracing
         tracing = msgspec.structs.replace(
             tracing, endpoint=tracing.endpoint or "localhost:4317",

@@ -33,6 +33,7 @@ from .metrics import render
 from .middleware import EdgeMiddleware
 from .native import NativeEndpoint, NativeModelsEndpoint
 from .relay import Relay
+from .semantic import SemanticCache
 from .usage import UsagePublisher, UsageRecorder
 
 log = logging.getLogger("gandalf.ingress")
@@ -92,6 +93,8 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
                       max_body=cfg.server.max_body_bytes,
                       write_timeout=cfg.server.write_timeout or 120.0,
                       read_timeout=cfg.server.read_timeout or 30.0)
+    if SemanticCache.wanted(cfg):
+        gateway.semantic = SemanticCache(cfg)
     live.on_change(lambda kind, _i, settings: _jwt_changed(gateway, kind, settings))
     readiness = Readiness(live)
 

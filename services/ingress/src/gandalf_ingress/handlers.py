@@ -30,6 +30,7 @@ from .metrics import CLIENT_DISCONNECTS, UPSTREAM_ERRORS
 from .ratelimit import estimate_chat_tokens, estimate_embedding_tokens
 from .relay import Receive, Relay, Send, send_json_error
 from .schemas import parse_chat, parse_embeddings
+from .semantic import SemanticCache, mark_semantic_hit
 from .usage import Outcome, UsageRecorder
 
 Scope = dict[str, Any]
@@ -107,6 +108,8 @@ class Gateway:
         self.read_timeout = read_timeout
         self.relay = relay
         self.bodies = bodies
+        #: The opt-in semantic cache (semantic.py); set by the app when configured.
+        self.semantic: SemanticCache | None = None
 
     @property
     def needs_payload(self) -> bool:
@@ -193,6 +196,22 @@ class ProxyEndpoint:
                         endpoint=self.op, model=model, stream=req.stream, status=200,
                         outcome=Outcome(status=200, usage=usage_of(hit)), cached=True)
                     return
+            # --- semantic cache (semantic.py): after the exact miss, before limits ---
+            probe = await gw.semantic.lookup(
+                gw.relay, scope, payload, body, model=model, stream=req.stream,
+                key_id=identity.key_id, org_id=identity.org_id) \
+                if gw.semantic is not None and self.op == contract.OP_CHAT else None
+            if probe is not None and probe.body is not None:
+                mark_semantic_hit(scope["state"])
+                await gw.limits.admit(scope["state"], identity, 0)
+                await serve_hit(send, probe.body, stream=req.stream,
+                                include_usage=req.include_usage)
+                await gw.usage.finished(
+                    request_id=request_id, started=started, identity=identity,
+                    endpoint=self.op, model=model, stream=req.stream, status=200,
+                    outcome=Outcome(status=200, usage=usage_of(probe.body)), cached=True)
+                return
+            # --- end semantic cache ---
             decision = await gw.limits.admit(scope["state"], identity,
                                              self._estimate(payload, body))
             relay = gw.relay
@@ -224,6 +243,8 @@ class ProxyEndpoint:
         if cached is not None and status == 200 and outcome.body is not None:
             await gw.caching.store(cached[0], outcome.body, model=req.model,
                                    key_id=identity.key_id, org_id=identity.org_id)
+        if probe is not None and status == 200 and outcome.body is not None:  # semantic
+            await gw.semantic.store(probe, outcome.body)  # type: ignore[union-attr]
         if status == 499:
             CLIENT_DISCONNECTS.inc()
         elif status >= 500:
