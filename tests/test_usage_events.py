@@ -20,6 +20,9 @@ from managed_harness import ADMIN_KEY, ManagedGateway, start_managed
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 EXTRA = """
+  - model_alias: budgeted
+    targets: [{provider: primary, model: delay-300}]
+    pricing: {input: 10, output: 10}
   - model_alias: priced
     targets: [{provider: primary, model: gpt-4o-mini}]
   - model_alias: slow-stream
@@ -141,3 +144,36 @@ async def test_exhausted_budget_is_refused_with_insufficient_quota(
             model="m", messages=[{"role": "user", "content": "x"}])
     assert info.value.status_code == 429
     assert info.value.body["type"] == "insufficient_quota"  # type: ignore[index]
+
+
+async def test_concurrent_requests_cannot_overshoot_a_budget(
+        managed: ManagedGateway, upstream: Any) -> None:
+    """20 slow requests at once against $0.05 of budget left: reservations let
+    only as many through as their estimates fit (estimate: ~1034 tokens at
+    the route's $10/1M = ~$0.0103 each -> 4)."""
+    import time
+
+    from gandalf_common.contract import SPEND_BUCKET, Spend, encode
+    from gandalf_common.periods import period_start
+    from gandalf_common.records import spend_key
+
+    async with httpx.AsyncClient(base_url=managed.url + "/admin/v1", timeout=10,
+                                 headers={"authorization": f"Bearer {ADMIN_KEY}"}) as api:
+        r = await api.post("/keys", json={"role": "member", "max_budget": 1.0,
+                                          "budget_period": "daily"})
+        key, key_id = r.json()["key"], r.json()["id"]
+    kv = await managed.nc.jetstream().key_value(SPEND_BUCKET)
+    await kv.put(spend_key("key", key_id), encode(Spend(
+        period="daily", period_start=period_start("daily", time.time()), spend_usd=0.95)))
+    await asyncio.sleep(0.1)
+
+    async def one() -> int:
+        try:
+            await client(managed, key).chat.completions.create(
+                model="budgeted", messages=[{"role": "user", "content": "hi"}])
+            return 200
+        except openai.RateLimitError:
+            return 429
+
+    results = await asyncio.gather(*(one() for _ in range(20)))
+    assert results.count(200) == 4, results

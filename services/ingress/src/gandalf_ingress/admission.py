@@ -91,3 +91,15 @@ def build_limiter(cfg: GatewayConfig) -> RateLimiter:
 
     policy = "closed" if rl.on_redis_failure == "closed" else "local"
     return FallbackLimiter(RedisLimiter(cfg.redis.url), MemoryLimiter(), policy)
+
+
+def build_reservations(cfg: GatewayConfig) -> Any:
+    """Budget reservations where the rate limits live (Redis: shared)."""
+    from .ratelimit import MemoryBudgetReservations
+
+    backend = cfg.rate_limits.backend or ("redis" if cfg.redis.url else "memory")
+    if backend != "redis":
+        return MemoryBudgetReservations()
+    from .ratelimit.redis_backend import RedisBudgetReservations
+
+    return RedisBudgetReservations(cfg.redis.url)

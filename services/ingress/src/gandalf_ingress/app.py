@@ -24,7 +24,7 @@ from gandalf_common.live import LiveConfig
 from gandalf_common.pricing import PriceBook
 
 from .admin_proxy import AdminProxy
-from .admission import RateLimits, build_limiter
+from .admission import RateLimits, build_limiter, build_reservations
 from .auth import Authenticator
 from .caching import Caching, build_cache
 from .handlers import Gateway, ModelsEndpoint, ProxyEndpoint
@@ -136,6 +136,8 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
                 publisher = UsagePublisher(conn)
                 await publisher.start()
                 gateway.usage = UsageRecorder(publisher, PriceBook.from_config(cfg))
+                gateway.budgets.reservations = build_reservations(cfg)
+                gateway.budgets.prices = PriceBook.from_config(cfg)
                 await gateway.budgets.start(conn)
             async def on_purge(msg: Any) -> None:
                 await caching.purge(msg.data)

@@ -168,6 +168,7 @@ class ProxyEndpoint:
         identity: Identity | None = None
         model = ""
         body = b""
+        held: list[tuple[str, str, float]] = []
         try:
             identity = await gw.keys.authenticate(authorization(scope))
             try:
@@ -212,8 +213,9 @@ class ProxyEndpoint:
                     outcome=Outcome(status=200, usage=usage_of(probe.body)), cached=True)
                 return
             # --- end semantic cache ---
-            decision = await gw.limits.admit(scope["state"], identity,
-                                             self._estimate(payload, body))
+            estimate = self._estimate(payload, body)
+            decision = await gw.limits.admit(scope["state"], identity, estimate)
+            held = await gw.budgets.reserve(identity, model, estimate)
             relay = gw.relay
             if relay is None:
                 raise GatewayError("gateway is starting", status=503)
@@ -223,6 +225,7 @@ class ProxyEndpoint:
         except _ClientGone:
             return
         except GatewayError as exc:
+            await gw.budgets.release(held)
             await send_gateway_error(send, exc)
             if identity is not None:  # refused after authentication: still recorded
                 model = model or _model_of(body)
@@ -239,6 +242,7 @@ class ProxyEndpoint:
         await gw.usage.finished(request_id=request_id, started=started, identity=identity,
                                 endpoint=self.op, model=req.model, stream=req.stream,
                                 status=status, outcome=outcome, body_size=len(body))
+        await gw.budgets.release(held)
         await gw.limits.settle(identity, decision, outcome.usage)
         if cached is not None and status == 200 and outcome.body is not None:
             await gw.caching.store(cached[0], outcome.body, model=req.model,
