@@ -193,3 +193,53 @@ cache: {{enabled: true, backend: {backend}, default_ttl: 60s}}
         assert after.headers["x-gandalf-cache"] == "miss" and calls() == 3
         sampled = await http.post(post, json=chat(key, temperature=1.0), headers=auth)
         assert "x-gandalf-cache" not in sampled.headers  # not deterministic: never cached
+
+
+async def test_redis_killed_mid_test_follows_the_policy(
+        gateway: Any, upstream: Any, nats_url: str, tmp_path: Path) -> None:
+    """A Redis of the test's own, killed while two ingresses use it: `local`
+    keeps serving from a per-process limiter, `closed` answers 503."""
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    rport = free_port()
+    server = subprocess.Popen([binary, "--port", str(rport), "--save", "", "--appendonly",
+                               "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{rport}/0"
+    key = "gnd_" + secrets.token_urlsafe(16)
+    auth = {"authorization": f"Bearer {key}"}
+    ports = {"local": free_port(), "closed": free_port()}
+    try:
+        for _ in range(100):  # wait for it to listen
+            try:
+                _r, w = await asyncio.open_connection("127.0.0.1", rport)
+                w.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        texts = {policy: ingress_yaml(port, upstream.base_url, key, f"""
+redis: {{url: "{url}"}}
+rate_limits: {{default_rpm: 1000, backend: redis, on_redis_failure: {policy}}}
+cache: {{enabled: false}}
+""") for policy, port in ports.items()}
+        async with ingress(nats_url, texts["local"], ports["local"]) as local, \
+                ingress(nats_url, texts["closed"], ports["closed"]) as closed, \
+                httpx.AsyncClient(timeout=15) as http:
+            for base in (local, closed):
+                r = await http.post(base + "/v1/chat/completions", json=chat(key), headers=auth)
+                assert r.status_code == 200, r.text
+            server.kill()
+            server.wait(5)
+            r_local = await http.post(local + "/v1/chat/completions", json=chat(key),
+                                      headers=auth)
+            r_closed = await http.post(closed + "/v1/chat/completions", json=chat(key),
+                                       headers=auth)
+        assert r_local.status_code == 200
+        assert r_closed.status_code == 503
+        assert r_closed.json()["error"]["code"] == "rate_limiter_unavailable"
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(5)
