@@ -167,11 +167,11 @@ class Managed:
 
 
 @pytest_asyncio.fixture
-async def managed(nats_url: str, upstream: Any,
+async def managed(managed_nats_url: str, upstream: Any,
                   monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Managed]:
     key = generate_key()
     monkeypatch.setenv(ENV_KEY, key)
-    nc = await connect(nats_url, "live-config-test")
+    nc = await connect(managed_nats_url, "live-config-test")
     kvs = await _empty_buckets(nc)
     env = Managed(nc=nc, kv=kvs[CONFIG_BUCKET], box=SecretBox(parse_key(key)),
                   upstream=upstream, live=LiveConfig(GatewayConfig(), managed=True))

@@ -87,13 +87,16 @@ class Budgets:
             key = spend_key(scope, ident)
             period_key = f"{period or 'lifetime'}:{int(period_start(period, now))}"
             spent = self.spent(scope, ident, period, now)
-            if not await self.reservations.reserve(key, limit, spent, estimate, period_key):
+            # An estimate above what is left is capped at it (as TPM caps at
+            # the capacity): one request can always use the rest of a budget.
+            amount = min(estimate, max(0.0, limit - spent))
+            if not await self.reservations.reserve(key, limit, spent, amount, period_key):
                 await self.release(held)
                 raise GatewayError(
                     f"You exceeded your current quota: the {scope} budget of ${limit:g} "
                     f"({period or 'lifetime'}) is spent or reserved by requests in flight.",
                     status=429, type="insufficient_quota", code="insufficient_quota")
-            held.append((key, period_key, estimate))
+            held.append((key, period_key, amount))
         return held
 
     async def release(self, held: list[tuple[str, str, float]]) -> None:
