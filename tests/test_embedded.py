@@ -223,6 +223,7 @@ async def test_embedded_postgres_start_and_migrate(tmp_path: Path) -> None:
         pool = await connect_pool(dsn, max_size=2)
         try:
             assert await pool.fetchval("SELECT current_database()") == "gandalf"
+            assert await pool.fetchval("SHOW shared_buffers") == "32MB"  # sized for a laptop
             name = await pool.fetchval("SELECT name FROM organizations WHERE id = 'default'")
             assert name == "Default Organization"
         finally:
