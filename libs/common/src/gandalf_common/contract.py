@@ -126,6 +126,9 @@ def ping_provider(instance: str) -> str:
     return f"gandalf.ping.provider.{instance}"
 
 
+HEALTH_WILDCARD: Final = "gandalf.health.*"
+
+
 def health_subject(instance: str) -> str:
     """worker -> routers: breaker transitions and latency samples."""
     return f"gandalf.health.{instance}"
@@ -387,6 +390,17 @@ class CachePurge(Struct, frozen=True, kw_only=True, omit_defaults=True):
     key_id: str = ""
 
 
+class Health(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """worker -> routers (``gandalf.health.<instance>``): a breaker transition."""
+
+    instance: str
+    #: closed | open | half_open
+    state: str
+    #: While open: Unix time until which routers skip the instance.
+    until: float = 0.0
+    pid: int = 0
+
+
 class Pong(Struct, frozen=True, kw_only=True):
     """Answer to a readiness ping."""
 
@@ -403,6 +417,7 @@ ctl_decoder = msgspec.msgpack.Decoder(CtlMsg)
 reply_decoder = msgspec.msgpack.Decoder(ReplyMsg)
 cancel_decoder = msgspec.msgpack.Decoder(Cancel)
 pong_decoder = msgspec.msgpack.Decoder(Pong)
+health_decoder = msgspec.msgpack.Decoder(Health)
 admin_request_decoder = msgspec.msgpack.Decoder(AdminRequest)
 admin_response_decoder = msgspec.msgpack.Decoder(AdminResponse)
 cache_purge_decoder = msgspec.msgpack.Decoder(CachePurge)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.process_collector import ProcessCollector
 
-REGISTRY = CollectorRegistry(auto_describe=True)
-ProcessCollector(registry=REGISTRY)
+from gandalf_common.metrics_hub import REGISTRY
 
 REQUESTS = Counter("gandalf_requests_total", "HTTP requests by route and status",
                    ["method", "path", "status"], registry=REGISTRY)

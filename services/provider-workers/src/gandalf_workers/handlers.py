@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import OrderedDict
 from typing import Any
@@ -27,6 +28,7 @@ from gandalf_common.contract import (
     ErrorReply,
     ExecRequest,
     Failed,
+    Health,
     Started,
     Usage,
     cancel_decoder,
@@ -34,11 +36,14 @@ from gandalf_common.contract import (
     exec_decoder,
 )
 
+from .breaker import CircuitBreaker, classify
+from .metrics import BREAKER_STATE, BREAKER_TRANSITIONS
 from .native_exec import run_native
 from .providers.base import Provider, UpstreamFailure
 
 log = logging.getLogger("gandalf.worker")
 
+_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 #: How many early cancels a pool remembers (a few seconds' worth at load).
 EARLY_CANCELS = 4096
 
@@ -49,10 +54,14 @@ class ProviderPool:
     """All in-flight calls of one provider instance in this process."""
 
     def __init__(self, nc: NATS, provider: Provider, *, max_concurrency: int,
-                 ttfb_timeout: float, bodies: BodyStore, provider_type: str = "openai") -> None:
+                 ttfb_timeout: float, bodies: BodyStore, provider_type: str = "openai",
+                 breaker: CircuitBreaker | None = None) -> None:
         self.nc = nc
         self.provider = provider
         self.provider_type = provider_type
+        self.breaker = breaker
+        if breaker is not None:
+            breaker.on_transition = self._on_transition
         self.max_concurrency = max_concurrency
         self.ttfb_timeout = ttfb_timeout
         self.bodies = bodies
@@ -75,6 +84,13 @@ class ProviderPool:
                                               code=CODE_CLIENT_GONE, retryable=False,
                                               message="the client went away"))
             return
+        if self.breaker is not None and not self.breaker.allow():
+            # Open: answer at once so the router fails over (never a health
+            # failure of its own).
+            await self._ctl(msg.reply, Failed(attempt=req.attempt, status=503,
+                                              code="circuit_open", retry_after=1,
+                                              message=f"{req.provider}: circuit open"))
+            return
         if len(self.inflight) >= self.max_concurrency:
             # Bounded: never queue without limit; the router fails over or sheds.
             await self._ctl(msg.reply, Failed(attempt=req.attempt, status=503,
@@ -94,6 +110,8 @@ class ProviderPool:
         self._abandoned.discard(key)
         if not task.cancelled():
             return
+        if self.breaker is not None:
+            self.breaker.record(None)  # cancelled: not the provider's doing
         # Release the router's wait now rather than at the deadline (a router
         # that already saw Started ignores this). Done here, not in ``_run``:
         # a task cancelled before its first step never runs its body.
@@ -104,6 +122,25 @@ class ProviderPool:
             failed = Failed(attempt=req.attempt, status=503, code="worker_stopping",
                             message=f"{req.provider}: worker shutting down")
         publish = asyncio.ensure_future(self._ctl(ctl, failed))
+        self._background.add(publish)
+        publish.add_done_callback(self._background.discard)
+
+    def _outcome(self, weight: float | None) -> None:
+        if self.breaker is not None:
+            self.breaker.record(weight)
+
+    def _on_transition(self, old: str, new: str) -> None:
+        """Tell every router (and the logs) about a breaker transition."""
+        breaker = self.breaker
+        until = time.time() + breaker.open_timeout if breaker is not None and new == "open" \
+            else 0.0
+        log.warning("provider %s: circuit %s -> %s", self.provider.name, old, new)
+        BREAKER_TRANSITIONS.labels(self.provider.name, new).inc()
+        BREAKER_STATE.labels(self.provider.name).set(_STATE_VALUE.get(new, 0))
+        publish = asyncio.ensure_future(self.nc.publish(
+            contract.health_subject(self.provider.name),
+            encode(Health(instance=self.provider.name, state=new, until=until,
+                          pid=os.getpid()))))
         self._background.add(publish)
         publish.add_done_callback(self._background.discard)
 
@@ -158,7 +195,10 @@ class ProviderPool:
                 await self._stream(req, ctl, payload)
             else:
                 await self._complete(req, ctl, payload)
+            self._outcome(0.0)
         except UpstreamFailure as exc:
+            self._outcome(classify(exc.status, timeout=exc.code == "upstream_timeout")
+                          if exc.code != "unsupported" else None)
             await self._ctl(ctl, Failed(attempt=req.attempt, status=exc.status, type=exc.type,
                                         code=exc.code, message=exc.message,
                                         retryable=exc.retryable, retry_after=exc.retry_after))

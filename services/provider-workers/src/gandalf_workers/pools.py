@@ -33,12 +33,13 @@ from nats.aio.subscription import Subscription
 
 from gandalf_common import contract
 from gandalf_common.bus import BodyStore, serve_pings
-from gandalf_common.config import DEFAULT_AZURE_API_VERSION, ProviderConfig
+from gandalf_common.config import DEFAULT_AZURE_API_VERSION, CircuitBreakerConfig, ProviderConfig
 from gandalf_common.contract import Pong, encode
 from gandalf_common.crypto import SecretBox, SecretError
 from gandalf_common.live import LiveConfig
 from gandalf_common.records import ProviderRecord
 
+from .breaker import CircuitBreaker
 from .handlers import ProviderPool
 from .providers.registry import build_provider
 
@@ -83,6 +84,16 @@ def _reason(exc: Exception) -> str:
             exc, msgspec.DecodeError):
         return f"{type(exc).__name__}: {exc}"
     return type(exc).__name__
+
+
+def make_breaker(cfg: CircuitBreakerConfig) -> CircuitBreaker | None:
+    """One breaker per provider instance and worker (None: disabled)."""
+    if not cfg.enabled:
+        return None
+    return CircuitBreaker(window_seconds=cfg.window_seconds or 60,
+                          min_samples=cfg.min_samples or 10,
+                          threshold=cfg.error_threshold or 0.30,
+                          open_timeout=cfg.open_timeout or 30.0)
 
 
 @dataclass(eq=False)
@@ -223,7 +234,8 @@ class LivePools:
             return None
         pool = ProviderPool(nc, provider, max_concurrency=pcfg.max_concurrency,
                             ttfb_timeout=pcfg.timeout_ms / 1000, bodies=bodies,
-                            provider_type=pcfg.type)
+                            provider_type=pcfg.type,
+                            breaker=make_breaker(self.live.cfg.circuit_breaker))
         served = Served(record, pool)
         queue = contract.provider_queue(ident)
         pong = encode(Pong(service="worker", instance=ident, pid=os.getpid()))

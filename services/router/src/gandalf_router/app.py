@@ -34,11 +34,13 @@ from gandalf_common.contract import (
     Started,
     ctl_decoder,
     encode,
+    health_decoder,
     route_decoder,
 )
 from gandalf_common.errors import ModelNotFoundError
 from gandalf_common.live import LiveConfig
 
+from .balance import Balancer, target_key
 from .routing import RouteTable, verdict
 
 log = logging.getLogger("gandalf.router")
@@ -60,6 +62,9 @@ class RouterService:
         self._nc: NATS | None = None
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self.balancer = Balancer()
+        #: provider instance -> Unix time until which its circuit is open.
+        self._open_until: dict[str, float] = {}
 
     @property
     def table(self) -> RouteTable:
@@ -88,6 +93,21 @@ class RouterService:
         pong = encode(Pong(service="router", pid=os.getpid()))
         self._subs.append(await serve_pings(nc, contract.PING_ROUTER, contract.ROUTER_QUEUE,
                                             pong))
+        # Breaker transitions from every worker: an instance any worker has
+        # opened is skipped by every router until its open timeout ends.
+        self._subs.append(await nc.subscribe(contract.HEALTH_WILDCARD, cb=self._on_health))
+
+    async def _on_health(self, msg: Msg) -> None:
+        health = health_decoder.decode(msg.data)
+        if health.state == "open":
+            self._open_until[health.instance] = max(self._open_until.get(health.instance, 0),
+                                                    health.until)
+        elif health.state == "closed":
+            self._open_until.pop(health.instance, None)
+
+    def _skip(self, provider: str, now: float) -> bool:
+        until = self._open_until.get(provider)
+        return until is not None and now < until
 
     async def _on_request(self, msg: Msg) -> None:
         if not msg.reply:
@@ -115,10 +135,14 @@ class RouterService:
                 status=400, type="invalid_request_error", code="unsupported",
                 message=f"no provider of model {req.model!r} supports {what}")))
             return
-        targets = able
+        targets = self.balancer.order(able, table.strategy(req.model))
         failures: list[Failed] = []
         attempt = 0
         for attempt, target in enumerate(targets):
+            if self._skip(target.provider, time.time()):
+                failures.append(Failed(attempt=attempt, status=503, code="circuit_open",
+                                       message=f"{target.provider}: circuit open"))
+                continue
             remaining = req.deadline - time.time() if req.deadline else 300.0
             if remaining <= 0:
                 failures.append(Failed(attempt=attempt, status=504, type="timeout_error",
@@ -128,9 +152,14 @@ class RouterService:
             exec_req = ExecRequest(route=req, provider=target.provider,
                                    target_model=target.model, reply_to=reply_to,
                                    attempt=attempt)
+            key = target_key(target)
+            self.balancer.start(key)
+            t0 = time.monotonic()
+            ok = False
             try:
                 resp = await nc.request(contract.provider_subject(target.provider, req.op),
                                         encode(exec_req), timeout=remaining)
+                ok = isinstance(ctl_decoder.decode(resp.data), Started)
             except NoRespondersError:
                 failures.append(Failed(attempt=attempt, status=503, code="no_worker",
                                        message=f"no worker is serving provider "
@@ -145,6 +174,9 @@ class RouterService:
                                        message=f"{target.provider}: no response before the "
                                                "request deadline"))
                 break
+            finally:
+                # Latency to the first byte (Started) or the failure: Peak-EWMA input.
+                self.balancer.finish(key, time.monotonic() - t0, ok)
             ctl = ctl_decoder.decode(resp.data)
             if isinstance(ctl, Started) or ctl.code == CODE_CLIENT_GONE:
                 return  # served, or nobody is waiting any more

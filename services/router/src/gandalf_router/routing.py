@@ -30,6 +30,7 @@ class RouteTable:
                           key=lambda t: t.priority)
             for alias, route in routes.items()
         }
+        self._strategies = {alias: route.strategy for alias, route in routes.items()}
 
     @classmethod
     def from_live(cls, live: LiveConfig) -> RouteTable:
@@ -43,6 +44,9 @@ class RouteTable:
     def targets(self, alias: str) -> list[RouteTargetRecord] | None:
         """``None`` when no route exists; an empty list when no target is enabled."""
         return self._targets.get(alias)
+
+    def strategy(self, alias: str) -> str:
+        return self._strategies.get(alias, "priority")
 
     def able(self, targets: list[RouteTargetRecord], op: str,
              kind: str = "") -> list[RouteTargetRecord]:
@@ -90,4 +94,4 @@ def verdict(failures: Sequence[Failed], *, attempts: int) -> ErrorReply:
 
 
 #: Failure codes that mean "nobody could take it", as opposed to "it broke".
-_UNAVAILABLE = frozenset({"no_worker", "provider_saturated", "worker_stopping"})
+_UNAVAILABLE = frozenset({"no_worker", "provider_saturated", "worker_stopping", "circuit_open"})

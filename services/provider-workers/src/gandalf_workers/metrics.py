@@ -1,0 +1,14 @@
+"""Prometheus metrics of the provider workers (served by the ingress's
+/metrics when they share a process, as in ``gandalf up``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+from gandalf_common.metrics_hub import REGISTRY
+
+BREAKER_STATE = Gauge("gandalf_circuit_state", "Circuit breaker state per provider instance "
+                      "(0 closed, 1 half-open, 2 open)", ["provider"], registry=REGISTRY)
+BREAKER_TRANSITIONS = Counter("gandalf_circuit_transitions_total", "Circuit breaker "
+                              "transitions per provider instance, by new state",
+                              ["provider", "state"], registry=REGISTRY)

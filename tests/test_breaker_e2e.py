@@ -1,0 +1,93 @@
+"""The circuit breaker through the pipeline: a failing provider instance
+trips, every router skips it (health events), it half-opens after the open
+timeout, and a probe answered with a 4xx closes it instead of sticking."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest_asyncio
+
+from gandalf_common.bus import connect
+from gandalf_common.config import parse_config
+from gandalf_ingress.app import IngressService
+from gandalf_router.app import RouterService
+from gandalf_workers.app import WorkerService
+from gateway_harness import TEST_KEY, UPSTREAM_KEY, free_port
+
+
+def config(port: int, upstream: str) -> str:
+    return f"""
+server: {{addr: "127.0.0.1:{port}", write_timeout: 20s}}
+circuit_breaker: {{enabled: true, min_samples: 4, error_threshold: 0.5, open_timeout: 1s}}
+rate_limits: {{default_rpm: 0, default_tpm: 0}}
+cache: {{enabled: false}}
+providers:
+  - {{name: brk, type: openai, base_url: "{upstream}", api_key: {UPSTREAM_KEY}}}
+  - {{name: backup, type: openai, base_url: "{upstream}", api_key: {UPSTREAM_KEY}}}
+routes:
+  - model_alias: flaky
+    targets:
+      - {{provider: brk, model: brk-fail-500+fail-500, priority: 1}}
+      - {{provider: backup, model: backup-ok, priority: 2}}
+  - model_alias: client-error
+    targets: [{{provider: brk, model: brk-fail-400+fail-400}}]
+keys:
+  - {{name: t, key: {TEST_KEY}, role: admin}}
+"""
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def gateway_url(managed_nats_url: str, mock_upstream: Any) -> AsyncIterator[str]:
+    port = free_port()
+    cfg, _ = parse_config(config(port, mock_upstream.base_url))
+    nc = await connect(managed_nats_url, "breaker-test")
+    router, workers = RouterService(cfg), WorkerService(cfg)
+    await router.start(nc)
+    await workers.start(nc)
+    stop = asyncio.Event()
+    task = asyncio.create_task(IngressService(cfg).serve(nc, stop))
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as http:
+        for _ in range(200):
+            try:
+                await http.get(url + "/healthz")
+                break
+            except httpx.HTTPError:
+                await asyncio.sleep(0.02)
+    yield url
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    await workers.stop(2)
+    await router.stop(2)
+    await nc.close()
+
+
+async def test_trip_skip_half_open_and_a_4xx_probe_closes(gateway_url: str,
+                                                          upstream: Any) -> None:
+    auth = {"authorization": f"Bearer {TEST_KEY}"}
+
+    def brk_calls() -> int:
+        return sum(1 for r in upstream.requests if (r.model or "").startswith("brk-"))
+
+    async with httpx.AsyncClient(base_url=gateway_url + "/v1", timeout=15) as http:
+        async def ask(model: str) -> int:
+            r = await http.post("/chat/completions", headers=auth, json={
+                "model": model, "messages": [{"role": "user", "content": "x"}]})
+            return r.status_code
+
+        for _ in range(4):  # each fails over to backup; 4 failures of 4 samples trip it
+            assert await ask("flaky") == 200
+        assert brk_calls() == 4
+        await asyncio.sleep(0.1)  # the health event reaches the router
+        assert await ask("flaky") == 200
+        assert brk_calls() == 4  # skipped without a round trip
+        await asyncio.sleep(1.1)  # open timeout: half-open, one probe allowed
+        assert await ask("client-error") == 400  # the probe gets a 4xx...
+        assert brk_calls() == 5
+        await asyncio.sleep(0.1)
+        assert await ask("flaky") == 200  # ...which closed it: brk is tried again
+        assert brk_calls() == 6
