@@ -42,6 +42,8 @@ providers:
 # Rate limits and the cache have tests of their own.
 rate_limits: {{default_rpm: 0, default_tpm: 0}}
 cache: {{enabled: false}}
+# Failover tests count upstream calls; retries have tests of their own.
+retries: {{max_attempts: 1}}
 routes:
   - model_alias: m
     targets: [{{provider: primary, model: managed-ok}}]

@@ -24,6 +24,7 @@ def config(port: int, upstream: str) -> str:
 server: {{addr: "127.0.0.1:{port}", write_timeout: 20s}}
 circuit_breaker: {{enabled: true, min_samples: 4, error_threshold: 0.5, open_timeout: 1s}}
 rate_limits: {{default_rpm: 0, default_tpm: 0}}
+retries: {{max_attempts: 1}}
 cache: {{enabled: false}}
 providers:
   - {{name: brk, type: openai, base_url: "{upstream}", api_key: {UPSTREAM_KEY}}}

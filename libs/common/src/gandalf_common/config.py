@@ -172,6 +172,20 @@ class CircuitBreakerConfig(_Base, kw_only=True, frozen=True):
     open_timeout: Duration = 30.0
 
 
+class RetriesConfig(_Base, kw_only=True, frozen=True):
+    """Retries on the same provider instance before failing over (connect
+    errors, 408, 429, 5xx; never after the first byte reached the client)."""
+
+    #: Attempts per target, the first included (1 = no retries).
+    max_attempts: int = 3
+    base: Duration = 0.1
+    cap: Duration = 10.0
+    #: Retries may add at most this share of a provider's requests (plus
+    #: ``budget_min_per_s`` per second), so an outage cannot multiply load.
+    budget_ratio: float = 0.2
+    budget_min_per_s: float = 1.0
+
+
 class MetricsConfig(_Base, kw_only=True, frozen=True):
     enabled: bool = True  # deliberate fix: the original had /metrics off by default
 
@@ -279,6 +293,7 @@ class GatewayConfig(_Base, kw_only=True, frozen=True, dict=True):
     rate_limits: RateLimitsConfig = msgspec.field(default_factory=RateLimitsConfig)
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     circuit_breaker: CircuitBreakerConfig = msgspec.field(default_factory=CircuitBreakerConfig)
+    retries: RetriesConfig = msgspec.field(default_factory=RetriesConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
     #: insert: YAML entities are created when missing, never changed (the
@@ -381,6 +396,8 @@ class _Validator:
             if getattr(getattr(c, section), field) == "redis" and not c.redis.url:
                 raise self.error("redis backend needs redis.url", name)
         self.min(c.cache.max_size, 0, "cache.max_size")
+        self.min(c.retries.max_attempts, 1, "retries.max_attempts")
+        self.min(c.retries.budget_ratio, 0, "retries.budget_ratio")
         self.min(c.cache.default_ttl, 0, "cache.default_ttl")
         if not 0 < c.cache.semantic_threshold <= 1:
             raise self.error("must be in (0, 1]", "cache.semantic_threshold")

@@ -37,9 +37,10 @@ from gandalf_common.contract import (
 )
 
 from .breaker import CircuitBreaker, classify
-from .metrics import BREAKER_STATE, BREAKER_TRANSITIONS
+from .metrics import BREAKER_STATE, BREAKER_TRANSITIONS, RETRIES
 from .native_exec import run_native
 from .providers.base import Provider, UpstreamFailure
+from .retry import RetryBudget, RetryPolicy
 
 log = logging.getLogger("gandalf.worker")
 
@@ -55,8 +56,11 @@ class ProviderPool:
 
     def __init__(self, nc: NATS, provider: Provider, *, max_concurrency: int,
                  ttfb_timeout: float, bodies: BodyStore, provider_type: str = "openai",
-                 breaker: CircuitBreaker | None = None) -> None:
+                 breaker: CircuitBreaker | None = None, retry_policy: RetryPolicy | None = None,
+                 retry_budget: RetryBudget | None = None) -> None:
         self.nc = nc
+        self.retry_policy = retry_policy
+        self.retry_budget = retry_budget
         self.provider = provider
         self.provider_type = provider_type
         self.breaker = breaker
@@ -191,14 +195,29 @@ class ProviderPool:
                 await run_native(self, req, ctl, await self._body(req))
                 return
             payload = await self._payload(req)
-            if req.route.stream:
-                await self._stream(req, ctl, payload)
-            else:
-                await self._complete(req, ctl, payload)
-            self._outcome(0.0)
+            if self.retry_budget is not None:
+                self.retry_budget.record_request()
+            retry = 0
+            while True:
+                try:
+                    if req.route.stream:
+                        cut = await self._stream(req, ctl, payload)
+                        self._outcome(classify(cut.status) if cut is not None else 0.0)
+                    else:
+                        await self._complete(req, ctl, payload)
+                        self._outcome(0.0)
+                    return
+                except UpstreamFailure as exc:
+                    self._outcome(classify(exc.status, timeout=exc.code == "upstream_timeout")
+                                  if exc.code != "unsupported" else None)
+                    # Nothing reached the client yet (both paths raise only then):
+                    # retry this target before the router fails over.
+                    wait = self._retry_delay(req, exc, retry)
+                    if wait is None:
+                        raise
+                    retry += 1
+                    await asyncio.sleep(wait)
         except UpstreamFailure as exc:
-            self._outcome(classify(exc.status, timeout=exc.code == "upstream_timeout")
-                          if exc.code != "unsupported" else None)
             await self._ctl(ctl, Failed(attempt=req.attempt, status=exc.status, type=exc.type,
                                         code=exc.code, message=exc.message,
                                         retryable=exc.retryable, retry_after=exc.retry_after))
@@ -206,6 +225,21 @@ class ProviderPool:
             log.exception("worker %s failed on %s", self.provider.name, req.route.request_id)
             await self._ctl(ctl, Failed(attempt=req.attempt, status=502, code="worker_error",
                                         message=f"{req.provider}: {type(exc).__name__}"))
+
+    def _retry_delay(self, req: ExecRequest, exc: UpstreamFailure, retry: int) -> float | None:
+        """How long to wait before retrying this target, or None: not retryable,
+        attempts or retry budget used up, circuit open, or no time left."""
+        policy, budget = self.retry_policy, self.retry_budget
+        if policy is None or budget is None or not exc.retryable:
+            return None
+        if self.breaker is not None and self.breaker.state == "open":
+            return None
+        remaining = (req.route.deadline - time.time()) if req.route.deadline else 300.0
+        wait = policy.delay(retry, retry_after=exc.retry_after, remaining=remaining)
+        if wait is None or not budget.try_acquire_retry():
+            return None
+        RETRIES.labels(self.provider.name).inc()
+        return wait
 
     async def _complete(self, req: ExecRequest, ctl: str, payload: dict[str, Any]) -> None:
         result = await self.provider.complete(req.route.op, payload,
@@ -224,7 +258,9 @@ class ProviderPool:
             provider=req.provider, model=req.target_model)))
         await self._ctl(ctl, Started(attempt=req.attempt))
 
-    async def _stream(self, req: ExecRequest, ctl: str, payload: dict[str, Any]) -> None:
+    async def _stream(self, req: ExecRequest, ctl: str,
+                      payload: dict[str, Any]) -> UpstreamFailure | None:
+        """Relay a stream; returns the failure that cut it after it started."""
         seq = 0
         usage: Usage | None = None
         publish = self.nc.publish
@@ -247,8 +283,9 @@ class ProviderPool:
             await publish(reply_to, encode(ErrorReply(
                 attempt=req.attempt, seq=seq, status=exc.status, type="stream_error",
                 code=exc.code, message=exc.message)))
-            return
+            return exc
         if seq == 0:
             await self._ctl(ctl, Started(attempt=req.attempt))
         await publish(reply_to, encode(End(attempt=req.attempt, seq=seq, usage=usage,
                                            provider=req.provider, model=req.target_model)))
+        return None

@@ -12,3 +12,5 @@ BREAKER_STATE = Gauge("gandalf_circuit_state", "Circuit breaker state per provid
 BREAKER_TRANSITIONS = Counter("gandalf_circuit_transitions_total", "Circuit breaker "
                               "transitions per provider instance, by new state",
                               ["provider", "state"], registry=REGISTRY)
+RETRIES = Counter("gandalf_upstream_retries_total", "Calls retried on the same provider "
+                  "instance before failing over", ["provider"], registry=REGISTRY)

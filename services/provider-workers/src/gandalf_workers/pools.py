@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -33,7 +34,12 @@ from nats.aio.subscription import Subscription
 
 from gandalf_common import contract
 from gandalf_common.bus import BodyStore, serve_pings
-from gandalf_common.config import DEFAULT_AZURE_API_VERSION, CircuitBreakerConfig, ProviderConfig
+from gandalf_common.config import (
+    DEFAULT_AZURE_API_VERSION,
+    CircuitBreakerConfig,
+    ProviderConfig,
+    RetriesConfig,
+)
 from gandalf_common.contract import Pong, encode
 from gandalf_common.crypto import SecretBox, SecretError
 from gandalf_common.live import LiveConfig
@@ -42,6 +48,7 @@ from gandalf_common.records import ProviderRecord
 from .breaker import CircuitBreaker
 from .handlers import ProviderPool
 from .providers.registry import build_provider
+from .retry import RetryBudget, RetryPolicy
 
 log = logging.getLogger("gandalf.worker")
 
@@ -94,6 +101,16 @@ def make_breaker(cfg: CircuitBreakerConfig) -> CircuitBreaker | None:
                           min_samples=cfg.min_samples or 10,
                           threshold=cfg.error_threshold or 0.30,
                           open_timeout=cfg.open_timeout or 30.0)
+
+
+def retries(cfg: RetriesConfig) -> dict[str, Any]:
+    """A retry policy and a retry budget per provider instance (none: 1 attempt)."""
+    if cfg.max_attempts <= 1:
+        return {}
+    return {"retry_policy": RetryPolicy(base=cfg.base, cap=cfg.cap,
+                                        max_attempts=cfg.max_attempts),
+            "retry_budget": RetryBudget(ratio=cfg.budget_ratio,
+                                        min_per_s=cfg.budget_min_per_s)}
 
 
 @dataclass(eq=False)
@@ -235,7 +252,8 @@ class LivePools:
         pool = ProviderPool(nc, provider, max_concurrency=pcfg.max_concurrency,
                             ttfb_timeout=pcfg.timeout_ms / 1000, bodies=bodies,
                             provider_type=pcfg.type,
-                            breaker=make_breaker(self.live.cfg.circuit_breaker))
+                            breaker=make_breaker(self.live.cfg.circuit_breaker),
+                            **retries(self.live.cfg.retries))
         served = Served(record, pool)
         queue = contract.provider_queue(ident)
         pong = encode(Pong(service="worker", instance=ident, pid=os.getpid()))
