@@ -8,7 +8,8 @@ its key path (``providers[0].hosting``) to the API field (``hosting``).
 
 from __future__ import annotations
 
-from gandalf_common.config import ConfigError, JwtConfig, ProviderConfig, _Validator
+from gandalf_common.config import ConfigError, JwtConfig, ProviderConfig
+from gandalf_common.config_validate import Validator as _Validator
 from gandalf_common.configload import ConfigLoader, ConvertContext
 
 from .errors import bad_request
