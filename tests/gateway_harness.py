@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nats.aio.client import Client as NATS
 
@@ -273,3 +276,34 @@ async def start_gateway(nats_url: str, upstream_base: str, **kw: str) -> Running
         except OSError:
             await asyncio.sleep(0.02)
     return RunningGateway(cfg, url, nc, stop, task, router, workers)
+
+
+@asynccontextmanager
+async def pipeline(nats_url: str, yaml_text: str, *, backend: bool = True
+                   ) -> AsyncIterator[str]:
+    """An ingress (and, with ``backend``, a router and workers) for one test
+    configuration on ``nats_url``; yields the ingress URL once it answers."""
+    cfg, _ = parse_config(yaml_text)
+    nc = await connect(nats_url, "gandalf-test-pipeline")
+    services: list[Any] = [RouterService(cfg), WorkerService(cfg)] if backend else []
+    for service in services:
+        await service.start(nc)
+    stop = asyncio.Event()
+    task = asyncio.create_task(IngressService(cfg).serve(nc, stop))
+    host, port = cfg.server.addr.rsplit(":", 1)
+    url = f"http://{host}:{port}"
+    for _ in range(200):
+        try:
+            _r, w = await asyncio.open_connection(host, int(port))
+            w.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.02)
+    try:
+        yield url
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        for service in reversed(services):
+            await service.stop(2)
+        await nc.close()

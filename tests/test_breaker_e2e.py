@@ -11,12 +11,7 @@ from typing import Any
 import httpx
 import pytest_asyncio
 
-from gandalf_common.bus import connect
-from gandalf_common.config import parse_config
-from gandalf_ingress.app import IngressService
-from gandalf_router.app import RouterService
-from gandalf_workers.app import WorkerService
-from gateway_harness import TEST_KEY, UPSTREAM_KEY, free_port
+from gateway_harness import TEST_KEY, UPSTREAM_KEY, free_port, pipeline
 
 
 def config(port: int, upstream: str) -> str:
@@ -43,28 +38,8 @@ keys:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def gateway_url(managed_nats_url: str, mock_upstream: Any) -> AsyncIterator[str]:
-    port = free_port()
-    cfg, _ = parse_config(config(port, mock_upstream.base_url))
-    nc = await connect(managed_nats_url, "breaker-test")
-    router, workers = RouterService(cfg), WorkerService(cfg)
-    await router.start(nc)
-    await workers.start(nc)
-    stop = asyncio.Event()
-    task = asyncio.create_task(IngressService(cfg).serve(nc, stop))
-    url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient() as http:
-        for _ in range(200):
-            try:
-                await http.get(url + "/healthz")
-                break
-            except httpx.HTTPError:
-                await asyncio.sleep(0.02)
-    yield url
-    stop.set()
-    await asyncio.wait_for(task, 10)
-    await workers.stop(2)
-    await router.stop(2)
-    await nc.close()
+    async with pipeline(managed_nats_url, config(free_port(), mock_upstream.base_url)) as url:
+        yield url
 
 
 async def test_trip_skip_half_open_and_a_4xx_probe_closes(gateway_url: str,

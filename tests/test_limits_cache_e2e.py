@@ -9,8 +9,6 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +16,8 @@ import httpx
 import pytest
 
 from gandalf_common.bus import connect
-from gandalf_common.config import parse_config
 from gandalf_common.contract import CACHE_PURGE, CachePurge, encode
-from gandalf_ingress.app import IngressService
-from gateway_harness import UPSTREAM_KEY, free_port
+from gateway_harness import UPSTREAM_KEY, free_port, pipeline
 
 
 def ingress_yaml(port: int, upstream: str, key: str, extra: str = "") -> str:
@@ -45,26 +41,9 @@ keys:
 """
 
 
-@asynccontextmanager
-async def ingress(nats_url: str, yaml_text: str, port: int) -> AsyncIterator[str]:
-    cfg, _ = parse_config(yaml_text)
-    nc = await connect(nats_url, "limits-test")
-    stop = asyncio.Event()
-    task = asyncio.create_task(IngressService(cfg).serve(nc, stop))
-    url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient() as http:
-        for _ in range(200):
-            try:
-                await http.get(url + "/healthz")
-                break
-            except httpx.HTTPError:
-                await asyncio.sleep(0.02)
-    try:
-        yield url
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await nc.close()
+def ingress(nats_url: str, yaml_text: str, _port: int) -> Any:
+    """An extra edge in front of the session gateway's router and workers."""
+    return pipeline(nats_url, yaml_text, backend=False)
 
 
 def chat(key: str, **extra: Any) -> dict[str, Any]:

@@ -7,8 +7,6 @@ service decides what that caller may do, with one route table.
 
 from __future__ import annotations
 
-import asyncio
-
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
@@ -16,7 +14,7 @@ from gandalf_common import contract
 from gandalf_common.contract import AdminRequest, admin_response_decoder, encode
 from gandalf_common.errors import GatewayError
 
-from .handlers import Gateway, Scope, _ClientGone, authorization, read_body, send_gateway_error
+from .handlers import Gateway, Scope, _ClientGone, authorization, send_gateway_error
 from .relay import Receive, Send
 
 #: Admin bodies are small (the original's limit); they also fit one NATS message.
@@ -32,12 +30,7 @@ class AdminProxy:
         gw = self.gw
         try:
             identity = await gw.keys.authenticate(authorization(scope))
-            try:
-                async with asyncio.timeout(gw.read_timeout):
-                    body = await read_body(scope, receive, MAX_ADMIN_BODY)
-            except TimeoutError:
-                raise GatewayError(f"request body not received within {gw.read_timeout:g}s",
-                                   status=408, code="request_timeout") from None
+            body = await gw.read(scope, receive, MAX_ADMIN_BODY)
             if gw.relay is None:
                 raise GatewayError("gateway is starting", status=503)
             request = AdminRequest(

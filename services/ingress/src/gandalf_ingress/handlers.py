@@ -111,10 +111,21 @@ class Gateway:
         #: The opt-in semantic cache (semantic.py); set by the app when configured.
         self.semantic: SemanticCache | None = None
 
-    @property
-    def needs_payload(self) -> bool:
-        """Decode the body to a dict only when the cache or the TPM limit needs it."""
-        return self.caching.cache is not None or self.limits.limiter is not None
+    async def read(self, scope: Scope, receive: Receive, limit: int) -> bytes:
+        """The request body, at most ``limit`` bytes within ``read_timeout`` (408)."""
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                return await read_body(scope, receive, limit)
+        except TimeoutError:
+            raise GatewayError(f"request body not received within {self.read_timeout:g}s",
+                               status=408, code="request_timeout") from None
+
+    def needs_payload(self, identity: Identity) -> bool:
+        """Decode the body to a dict only when the cache, a TPM limit or a budget
+        reservation needs it (the estimate reads the messages)."""
+        if self.caching.cache is not None or identity.budgets:
+            return True
+        return self.limits.limiter is not None and self.limits.limits_of(identity)[1] > 0
 
     def _on_change(self, kind: str, _ident: str, _value: Any) -> None:
         if kind in ("provider", "route"):
@@ -171,16 +182,11 @@ class ProxyEndpoint:
         held: list[tuple[str, str, float]] = []
         try:
             identity = await gw.keys.authenticate(authorization(scope))
-            try:
-                async with asyncio.timeout(gw.read_timeout):
-                    body = await read_body(scope, receive, gw.max_body)
-            except TimeoutError:
-                raise GatewayError(f"request body not received within {gw.read_timeout:g}s",
-                                   status=408, code="request_timeout") from None
+            body = await gw.read(scope, receive, gw.max_body)
             req = self._route_request(identity, body, request_id)
             model = req.model
             gw.budgets.check(identity)
-            payload = _payload(body) if gw.needs_payload else {}
+            payload = _payload(body) if gw.needs_payload(identity) else {}
             cached = gw.caching.key_for(scope, payload, model=model, stream=req.stream,
                                         key_id=identity.key_id, org_id=identity.org_id) \
                 if self.op == contract.OP_CHAT and payload else None

@@ -10,7 +10,6 @@ gateway key never leaves the ingress: only an allowlist of headers travels.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from typing import Any
@@ -30,7 +29,7 @@ from gandalf_common.errors import (
 
 from .auth import Identity
 from .formats import native_error_body
-from .handlers import Gateway, Scope, _ClientGone, header, read_body
+from .handlers import Gateway, Scope, _ClientGone, header
 from .relay import NativeRelay, Receive, Send, send_json_error
 from .usage import Outcome
 
@@ -74,12 +73,7 @@ class NativeEndpoint:
         identity: Identity | None = None
         try:
             identity = await gw.keys.authenticate(credentials(scope, self.kind))
-            try:
-                async with asyncio.timeout(gw.read_timeout):
-                    body = await read_body(scope, receive, gw.max_body)
-            except TimeoutError:
-                raise GatewayError(f"request body not received within {gw.read_timeout:g}s",
-                                   status=408, code="request_timeout") from None
+            body = await gw.read(scope, receive, gw.max_body)
             req = self._route_request(scope, identity, body, request_id)
             gw.budgets.check(identity)
             if gw.relay is None:
