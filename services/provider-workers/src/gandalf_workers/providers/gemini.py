@@ -28,7 +28,14 @@ from ..translate import gemini as tr
 from .auth import Auth
 from .base import NativeResponse, ProviderResponse, StreamItem, UpstreamFailure, unsupported
 from .http import UpstreamHTTP, decode_json, read_ok
-from .native import MAX_BODY, Sniffer, forward, gemini_finished, gemini_usage, sniffer_for
+from .native import (
+    JSONBodySniffer,
+    Sniffer,
+    forward,
+    gemini_finished,
+    gemini_usage,
+    sniffer_for,
+)
 from .openai import parse_retry_after
 from .streams import SSEError, iter_sse
 
@@ -122,20 +129,12 @@ def _without_key(query: str) -> bytes:
     return urlencode(pairs).encode()
 
 
-class _ArraySniffer:
+class _ArraySniffer(JSONBodySniffer):
     """``streamGenerateContent`` without ``alt=sse`` answers one JSON array
     of response objects: the last usage counts, some object must finish."""
 
     def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._size = 0
-        self.usage: Usage | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        self._size += len(chunk)
-        if self._size > MAX_BODY:
-            raise UpstreamFailure("response body too large", code="upstream_too_large")
-        self._parts.append(chunk)
+        super().__init__(gemini_usage)
 
     def finish(self) -> None:
         try:
