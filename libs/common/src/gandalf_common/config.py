@@ -186,6 +186,14 @@ class RetriesConfig(_Base, kw_only=True, frozen=True):
     budget_min_per_s: float = 1.0
 
 
+class CoalescingConfig(_Base, kw_only=True, frozen=True):
+    """Identical deterministic non-streaming chat requests in flight at the
+    same time share one upstream call (deterministic as the cache decides:
+    ``n`` <= 1 and a seed, or a temperature <= ``cache.max_temperature``)."""
+
+    enabled: bool = True
+
+
 class MetricsConfig(_Base, kw_only=True, frozen=True):
     enabled: bool = True  # deliberate fix: the original had /metrics off by default
 
@@ -294,6 +302,7 @@ class GatewayConfig(_Base, kw_only=True, frozen=True, dict=True):
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     circuit_breaker: CircuitBreakerConfig = msgspec.field(default_factory=CircuitBreakerConfig)
     retries: RetriesConfig = msgspec.field(default_factory=RetriesConfig)
+    coalescing: CoalescingConfig = msgspec.field(default_factory=CoalescingConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
     #: insert: YAML entities are created when missing, never changed (the

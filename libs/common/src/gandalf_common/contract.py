@@ -14,6 +14,13 @@ Flow of one request::
     router  --ErrorReply--> ingress inbox                  (when no target produced a response)
     ingress --Cancel on CANCEL--> every worker             (the client went away)
 
+The request deadline travels in the ``Gandalf-Deadline`` header of the
+route and exec messages (:func:`deadline_headers`), so a hop can drop expired
+work before decoding the body. Requests the ingress marks coalescable
+(``RouteRequest.coalesce_key``) go to one owner worker of the instance,
+chosen by rendezvous hashing over the workers that announce themselves on
+:func:`presence_subject` (see :func:`worker_subject`).
+
 Configuration (keys, orgs, teams, providers, routes, JWT settings) is not
 sent as messages: the admin service writes it to NATS KV and every service
 mirrors the buckets; the records are in :mod:`gandalf_common.records`.
@@ -138,6 +145,48 @@ def router_op_subject(op: str) -> str:
     return f"gandalf.router.{op}"
 
 
+PRESENCE_WILDCARD: Final = "gandalf.presence.*"
+#: routers -> workers: "announce yourselves now" (a router that just started
+#: need not wait a heartbeat interval to know the workers).
+PRESENCE_HELLO: Final = "gandalf.hello.workers"
+#: Seconds between a worker's presence heartbeats; a worker not heard from
+#: for three intervals is presumed gone.
+PRESENCE_INTERVAL: Final = 2.0
+
+
+def presence_subject(instance: str) -> str:
+    """worker -> routers and sibling workers: "I serve this instance"."""
+    return f"gandalf.presence.{instance}"
+
+
+def worker_subject(worker: str, instance: str, op: str) -> str:
+    """router -> one particular worker of an instance (no queue group): where
+    coalescable requests go, so identical ones meet in the same process."""
+    return f"gandalf.worker.{worker}.{instance}.{op}"
+
+
+def worker_wildcard(worker: str, instance: str) -> str:
+    return f"gandalf.worker.{worker}.{instance}.*"
+
+
+#: Header with the absolute request deadline (Unix epoch seconds, decimal).
+DEADLINE_HEADER: Final = "Gandalf-Deadline"
+
+
+def deadline_headers(deadline: float) -> dict[str, str] | None:
+    return {DEADLINE_HEADER: f"{deadline:.3f}"} if deadline else None
+
+
+def deadline_of(headers: dict[str, str] | None) -> float:
+    """The deadline a message carries; 0.0 (none) when absent or unreadable."""
+    if not headers:
+        return 0.0
+    try:
+        return float(headers.get(DEADLINE_HEADER, 0.0))
+    except ValueError:
+        return 0.0
+
+
 # ===================================================================== payloads
 
 
@@ -180,7 +229,9 @@ class RouteRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     stream: bool = False
     #: The client asked for ``stream_options.include_usage``.
     include_usage: bool = False
-    #: Absolute deadline, Unix epoch seconds. Every hop drops expired work.
+    #: Absolute deadline, Unix epoch seconds. In-process only: on the bus it
+    #: travels in the ``Gandalf-Deadline`` header (0, so omitted, in the body);
+    #: each hop fills it from the header and drops expired work.
     deadline: float = 0.0
     key_id: str = ""
     org_id: str = ""
@@ -190,6 +241,9 @@ class RouteRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     user_id: str = ""
     #: Set for ``op`` = native.
     native: NativeCall | None = None
+    #: Set when identical requests in flight may share one upstream call (a
+    #: deterministic non-streaming chat): the response cache's key.
+    coalesce_key: str = ""
 
 
 class ExecRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -279,6 +333,8 @@ class Complete(Struct, frozen=True, kw_only=True, tag_field="t", tag="complete")
     usage: Usage | None = None
     provider: str = ""
     model: str = ""
+    #: The answer of another identical request's upstream call (coalesced).
+    coalesced: bool = False
 
 
 class ErrorReply(Struct, frozen=True, kw_only=True, tag_field="t", tag="error"):
@@ -399,6 +455,19 @@ class Health(Struct, frozen=True, kw_only=True, omit_defaults=True):
     #: While open: Unix time until which routers skip the instance.
     until: float = 0.0
     pid: int = 0
+    #: The worker (``Presence.worker``) whose breaker moved; its siblings
+    #: adopt the transition, so every replica of an instance agrees.
+    worker: str = ""
+
+
+class Presence(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """worker -> routers and workers (``gandalf.presence.<instance>``): a
+    heartbeat every :data:`PRESENCE_INTERVAL`, and once more when leaving."""
+
+    instance: str
+    #: Unique per worker pool (process and generation); names its direct subject.
+    worker: str
+    leaving: bool = False
 
 
 class Pong(Struct, frozen=True, kw_only=True):
@@ -418,6 +487,7 @@ reply_decoder = msgspec.msgpack.Decoder(ReplyMsg)
 cancel_decoder = msgspec.msgpack.Decoder(Cancel)
 pong_decoder = msgspec.msgpack.Decoder(Pong)
 health_decoder = msgspec.msgpack.Decoder(Health)
+presence_decoder = msgspec.msgpack.Decoder(Presence)
 admin_request_decoder = msgspec.msgpack.Decoder(AdminRequest)
 admin_response_decoder = msgspec.msgpack.Decoder(AdminResponse)
 cache_purge_decoder = msgspec.msgpack.Decoder(CachePurge)

@@ -60,6 +60,20 @@ class Caching:
         owner = key_id if self.scope == "key" else org_id
         return cache_key(payload, model=model, scope=owner), "no-cache" not in control
 
+    def deterministic(self, *, n: int | None, seed: int | None,
+                      temperature: float | None) -> bool:
+        """Whether the cache would treat a request with these sampling
+        parameters as deterministic (what request coalescing requires)."""
+        return cacheable({"n": n, "seed": seed, "temperature": temperature},
+                         max_temperature=self.max_temperature)
+
+    def coalesce_key(self, payload: dict[str, Any], *, model: str, key_id: str,
+                     org_id: str) -> str:
+        """The cache's key for this request, whether or not a cache is on:
+        identical requests of the same cache scope share one upstream call."""
+        owner = key_id if self.scope == "key" else org_id
+        return cache_key(payload, model=model, scope=owner)
+
     async def get(self, key: str) -> bytes | None:
         assert self.cache is not None
         try:

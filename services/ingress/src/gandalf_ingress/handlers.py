@@ -110,6 +110,7 @@ class Gateway:
         self.bodies = bodies
         #: The opt-in semantic cache (semantic.py); set by the app when configured.
         self.semantic: SemanticCache | None = None
+        self.coalescing = live.cfg.coalescing.enabled
 
     async def read(self, scope: Scope, receive: Receive, limit: int) -> bytes:
         """The request body, at most ``limit`` bytes within ``read_timeout`` (408)."""
@@ -183,13 +184,18 @@ class ProxyEndpoint:
         try:
             identity = await gw.keys.authenticate(authorization(scope))
             body = await gw.read(scope, receive, gw.max_body)
-            req = self._route_request(identity, body, request_id)
+            req, coalesce = self._route_request(identity, body, request_id)
             model = req.model
             gw.budgets.check(identity)
-            payload = _payload(body) if gw.needs_payload(identity) else {}
+            payload = _payload(body) if coalesce or gw.needs_payload(identity) else {}
             cached = gw.caching.key_for(scope, payload, model=model, stream=req.stream,
                                         key_id=identity.key_id, org_id=identity.org_id) \
                 if self.op == contract.OP_CHAT and payload else None
+            if coalesce and payload:
+                # The cache's key is the coalescing key (same request, same answer).
+                key = cached[0] if cached is not None else gw.caching.coalesce_key(
+                    payload, model=model, key_id=identity.key_id, org_id=identity.org_id)
+                req = msgspec.structs.replace(req, coalesce_key=key)
             if cached is not None:
                 hit = await gw.caching.get(cached[0]) if cached[1] else None
                 mark(scope["state"], hit is not None)
@@ -270,14 +276,20 @@ class ProxyEndpoint:
             return estimate_chat_tokens(payload)
         return estimate_embedding_tokens(payload)
 
-    def _route_request(self, identity: Identity, body: bytes, request_id: str) -> RouteRequest:
+    def _route_request(self, identity: Identity, body: bytes,
+                       request_id: str) -> tuple[RouteRequest, bool]:
+        """The route request, and whether it may be coalesced (a deterministic,
+        non-streaming chat with coalescing on)."""
         stream = False
         include_usage = False
+        coalesce = False
         if self.op == contract.OP_CHAT:
             chat = parse_chat(body)
             model = chat.model
             stream = bool(chat.stream)
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+            coalesce = self.gw.coalescing and not stream and self.gw.caching.deterministic(
+                n=chat.n, seed=chat.seed, temperature=chat.temperature)
         else:
             model = parse_embeddings(body).model
         identity.check_model(model)
@@ -287,7 +299,7 @@ class ProxyEndpoint:
             request_id=request_id, op=self.op, model=model, body=body, stream=stream,
             include_usage=include_usage, deadline=time.time() + self.gw.write_timeout,
             key_id=identity.key_id, org_id=identity.org_id,
-            team_id=identity.team_id, user_id=identity.user_id)
+            team_id=identity.team_id, user_id=identity.user_id), coalesce
 
     async def _store_body(self, request_id: str, body: bytes) -> str:
         if self.gw.bodies is None:

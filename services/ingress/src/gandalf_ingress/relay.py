@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NATS
 
 from gandalf_common import contract
@@ -76,8 +77,11 @@ class Relay:
         try:
             # With a reply subject, NATS answers "no responders" itself when no
             # router is subscribed: the inbox turns that into a 503 at once.
-            await self.nc.publish(contract.router_op_subject(req.op), encode(req),
-                                  reply=slot.subject)
+            # The deadline goes in a header (every hop reads it before the body).
+            await self.nc.publish(contract.router_op_subject(req.op),
+                                  encode(msgspec.structs.replace(req, deadline=0.0)),
+                                  reply=slot.subject,
+                                  headers=contract.deadline_headers(req.deadline))
         except Exception:  # noqa: BLE001 - connection closed or reconnecting
             return _BUS_DOWN
         return None
@@ -134,6 +138,7 @@ class Relay:
                 if outcome is not None:
                     outcome.usage, outcome.provider = msg.usage, msg.provider
                     outcome.provider_model = msg.model
+                    outcome.coalesced = msg.coalesced
                 if parts:
                     parts.append(msg.body)
                     return msg.status, b"".join(parts)

@@ -58,6 +58,8 @@ class Outcome:
     chunks: int = 0
     #: The whole JSON answer of a non-streaming request (for the cache).
     body: bytes | None = None
+    #: The answer came from another identical request's upstream call.
+    coalesced: bool = False
 
 
 class UsagePublisher:
@@ -157,15 +159,16 @@ class UsageRecorder:
             usage = contract.Usage(prompt_tokens=prompt, completion_tokens=out.chunks,
                                    total_tokens=prompt + out.chunks)
             estimated = True
-        # A cache hit bills nothing (its tokens are reported, at no cost).
-        cost = 0.0 if cached else self.prices.cost(usage, model, out.provider,
-                                                   out.provider_model)
+        # A cache hit or a coalesced answer bills nothing: the provider was
+        # paid once, by the request whose call it was (tokens still reported).
+        cost = 0.0 if cached or out.coalesced else self.prices.cost(
+            usage, model, out.provider, out.provider_model)
         event = UsageEvent(
             request_id=request_id, ts=started, org_id=identity.org_id,
             team_id=identity.team_id, key_id=identity.key_id, user_id=identity.user_id,
             auth=identity.auth, endpoint=endpoint, model=model, provider=out.provider,
             provider_model=out.provider_model, status=status, stream=stream, cached=cached,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
+            coalesced=out.coalesced, prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             cached_tokens=usage.cached_tokens if usage else 0,
             total_tokens=usage.total_tokens if usage else 0, estimated=estimated,

@@ -189,6 +189,35 @@ class CircuitBreaker:
         if self._state == "half_open":
             self._probe_out = False
 
+    def remaining_open(self) -> float:
+        """Seconds until an open breaker half-opens (0 when not open)."""
+        self._tick()
+        if self._state != "open":
+            return 0.0
+        return max(0.0, self.open_timeout - (self.clock() - self._opened_at))
+
+    def adopt(self, new: str, *, open_for: float = 0.0) -> None:
+        """Take another replica's transition for the same provider instance.
+
+        ``open``: open for ``open_for`` seconds (or longer, if already open
+        for longer); ``closed``: a sibling's probe succeeded, close with a
+        fresh window. ``half_open`` is not adopted: each replica half-opens
+        on its own clock and sends its own single probe.
+        """
+        self._tick()
+        if new == "open" and open_for > 0:
+            opened_at = self.clock() - max(0.0, self.open_timeout - open_for)
+            if self._state == "open":
+                self._opened_at = max(self._opened_at, opened_at)
+                return
+            self._opened_at = opened_at
+            self._probe_out = False
+            self._transition("open")
+        elif new == "closed" and self._state != "closed":
+            self._probe_out = False
+            self._reset_window()
+            self._transition("closed")
+
     def snapshot(self) -> BreakerSnapshot:
         self._tick()
         samples, failures = self._totals()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -37,9 +39,11 @@ from gandalf_common.contract import (
 )
 
 from .breaker import CircuitBreaker, classify
-from .metrics import BREAKER_STATE, BREAKER_TRANSITIONS, RETRIES
+from .flights import Flights
+from .metrics import BREAKER_STATE, BREAKER_TRANSITIONS, COALESCED, EXPIRED, RETRIES, SHED
 from .native_exec import run_native
-from .providers.base import Provider, UpstreamFailure
+from .providers.base import Provider, ProviderResponse, UpstreamFailure
+from .rate import TokenBucket
 from .retry import RetryBudget, RetryPolicy
 
 log = logging.getLogger("gandalf.worker")
@@ -49,6 +53,7 @@ _STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 EARLY_CANCELS = 4096
 
 _json_decode = msgspec.json.Decoder(dict[str, Any]).decode
+_T = TypeVar("_T")
 
 
 class ProviderPool:
@@ -57,8 +62,20 @@ class ProviderPool:
     def __init__(self, nc: NATS, provider: Provider, *, max_concurrency: int,
                  ttfb_timeout: float, bodies: BodyStore, provider_type: str = "openai",
                  breaker: CircuitBreaker | None = None, retry_policy: RetryPolicy | None = None,
-                 retry_budget: RetryBudget | None = None) -> None:
+                 retry_budget: RetryBudget | None = None, max_rps: float = 0.0,
+                 worker_id: str = "") -> None:
         self.nc = nc
+        #: This pool's name among the instance's workers (presence, direct subject).
+        self.worker_id = worker_id or os.urandom(6).hex()
+        self.max_rps = max_rps
+        #: ``max_rps`` split over the instance's live workers (see rate.py).
+        self.rate = TokenBucket(max_rps) if max_rps > 0 else None
+        #: Coalesced upstream calls in flight, by target model + coalescing key.
+        self.flights: Flights[ProviderResponse] = Flights()
+        #: Requests waiting on another request's upstream call (no slot of their own).
+        self._followers: set[str] = set()
+        #: Set while taking a sibling's breaker transition (not published again).
+        self._adopting = False
         self.retry_policy = retry_policy
         self.retry_budget = retry_budget
         self.provider = provider
@@ -78,15 +95,28 @@ class ProviderPool:
         self._cancelled_early: OrderedDict[str, int] = OrderedDict()
 
     async def on_exec(self, msg: Msg) -> None:
+        deadline = contract.deadline_of(msg.headers)
+        if deadline and time.time() >= deadline:
+            # The caller has given up already (read before the body: cheap).
+            EXPIRED.labels(self.provider.name).inc()
+            return
         req = exec_decoder.decode(msg.data)
+        if deadline:
+            req = msgspec.structs.replace(
+                req, route=msgspec.structs.replace(req.route, deadline=deadline))
         route = req.route
-        if route.deadline and time.time() >= route.deadline:
-            return  # the caller has given up already; doing the work is waste
         if self._cancelled_early.get(route.request_id, -2) in (-1, req.attempt):
             # The client's Cancel overtook this request on its way here.
             await self._ctl(msg.reply, Failed(attempt=req.attempt, status=499,
                                               code=CODE_CLIENT_GONE, retryable=False,
                                               message="the client went away"))
+            return
+        flight = self._flight_key(req)
+        if flight and flight in self.flights:
+            # An identical call is on its way upstream: wait for it, no slot,
+            # no token, no breaker probe of our own.
+            self._followers.add(route.request_id)
+            self._spawn(req, msg.reply, flight)
             return
         if self.breaker is not None and not self.breaker.allow():
             # Open: answer at once so the router fails over (never a health
@@ -95,21 +125,49 @@ class ProviderPool:
                                               code="circuit_open", retry_after=1,
                                               message=f"{req.provider}: circuit open"))
             return
-        if len(self.inflight) >= self.max_concurrency:
+        if len(self.inflight) - len(self._followers) >= self.max_concurrency:
             # Bounded: never queue without limit; the router fails over or sheds.
-            await self._ctl(msg.reply, Failed(attempt=req.attempt, status=503,
-                                              code="provider_saturated", retry_after=1,
-                                              message=f"{req.provider}: at max_concurrency"))
+            await self._shed(msg.reply, req, "at max_concurrency", 1.0)
             return
-        task = asyncio.create_task(self._run(req, msg.reply))
-        self.inflight[route.request_id] = (req.attempt, task)
-        task.add_done_callback(lambda t: self._finished(t, req, msg.reply))
+        wait = self.rate.take() if self.rate is not None else 0.0
+        if wait:
+            await self._shed(msg.reply, req, f"at max_rps ({self.max_rps:g}/s)", wait)
+            return
+        self._spawn(req, msg.reply, flight)
+
+    async def _shed(self, ctl: str, req: ExecRequest, why: str, retry_after: float) -> None:
+        if self.breaker is not None:
+            self.breaker.record(None)  # not called: frees a half-open probe slot
+        SHED.labels(self.provider.name).inc()
+        await self._ctl(ctl, Failed(attempt=req.attempt, status=503, code="provider_saturated",
+                                    retry_after=float(math.ceil(retry_after)),
+                                    message=f"{req.provider}: {why}"))
+
+    def _spawn(self, req: ExecRequest, ctl: str, flight: str) -> None:
+        task = asyncio.create_task(self._run(req, ctl, flight))
+        self.inflight[req.route.request_id] = (req.attempt, task)
+        task.add_done_callback(lambda t: self._finished(t, req, ctl))
+
+    @staticmethod
+    def _flight_key(req: ExecRequest) -> str:
+        """The singleflight key of a coalescable request ("" otherwise): the
+        ingress's key (the cache's) for this provider's model."""
+        route = req.route
+        if not route.coalesce_key or route.stream or route.op != contract.OP_CHAT:
+            return ""
+        return f"{req.target_model}\x00{route.coalesce_key}"
+
+    def set_workers(self, count: int) -> None:
+        """The instance's live worker count changed: rescale this worker's share."""
+        if self.rate is not None:
+            self.rate.set_rate(self.max_rps / max(1, count))
 
     def _finished(self, task: asyncio.Task[None], req: ExecRequest, ctl: str) -> None:
         key = req.route.request_id
         current = self.inflight.get(key)
         if current is not None and current[1] is task:
             del self.inflight[key]
+            self._followers.discard(key)
         abandoned = key in self._abandoned
         self._abandoned.discard(key)
         if not task.cancelled():
@@ -133,18 +191,33 @@ class ProviderPool:
         if self.breaker is not None:
             self.breaker.record(weight)
 
+    def adopt(self, health: Health) -> None:
+        """A sibling worker of this instance moved its breaker: follow it, so
+        every replica opens (and closes) together. Not published again."""
+        if self.breaker is None or health.worker == self.worker_id:
+            return
+        self._adopting = True
+        try:
+            self.breaker.adopt(health.state, open_for=health.until - time.time())
+        finally:
+            self._adopting = False
+
     def _on_transition(self, old: str, new: str) -> None:
-        """Tell every router (and the logs) about a breaker transition."""
+        """Tell every router and sibling worker (and the logs) about a breaker
+        transition."""
         breaker = self.breaker
-        until = time.time() + breaker.open_timeout if breaker is not None and new == "open" \
-            else 0.0
-        log.warning("provider %s: circuit %s -> %s", self.provider.name, old, new)
+        until = time.time() + breaker.remaining_open() if breaker is not None \
+            and new == "open" else 0.0
+        log.warning("provider %s: circuit %s -> %s%s", self.provider.name, old, new,
+                    " (as a sibling worker)" if self._adopting else "")
         BREAKER_TRANSITIONS.labels(self.provider.name, new).inc()
         BREAKER_STATE.labels(self.provider.name).set(_STATE_VALUE.get(new, 0))
+        if self._adopting:
+            return
         publish = asyncio.ensure_future(self.nc.publish(
             contract.health_subject(self.provider.name),
             encode(Health(instance=self.provider.name, state=new, until=until,
-                          pid=os.getpid()))))
+                          pid=os.getpid(), worker=self.worker_id))))
         self._background.add(publish)
         publish.add_done_callback(self._background.discard)
 
@@ -189,34 +262,21 @@ class ProviderPool:
             payload["stream_options"] = options
         return payload
 
-    async def _run(self, req: ExecRequest, ctl: str) -> None:
+    async def _run(self, req: ExecRequest, ctl: str, flight: str = "") -> None:
         try:
             if req.route.op == contract.OP_NATIVE:
                 await run_native(self, req, ctl, await self._body(req))
                 return
-            payload = await self._payload(req)
-            if self.retry_budget is not None:
-                self.retry_budget.record_request()
-            retry = 0
-            while True:
-                try:
-                    if req.route.stream:
-                        cut = await self._stream(req, ctl, payload)
-                        self._outcome(classify(cut.status) if cut is not None else 0.0)
-                    else:
-                        await self._complete(req, ctl, payload)
-                        self._outcome(0.0)
-                    return
-                except UpstreamFailure as exc:
-                    self._outcome(classify(exc.status, timeout=exc.code == "upstream_timeout")
-                                  if exc.code != "unsupported" else None)
-                    # Nothing reached the client yet (both paths raise only then):
-                    # retry this target before the router fails over.
-                    wait = self._retry_delay(req, exc, retry)
-                    if wait is None:
-                        raise
-                    retry += 1
-                    await asyncio.sleep(wait)
+            if flight:
+                result, leader = await self.flights.join(flight, lambda: self._fetch(req))
+                if not leader:
+                    COALESCED.labels(self.provider.name).inc()
+                await self._send_complete(req, ctl, result, coalesced=not leader)
+            elif req.route.stream:
+                payload = await self._payload(req)
+                await self._retrying(req, lambda: self._stream(req, ctl, payload))
+            else:
+                await self._send_complete(req, ctl, await self._fetch(req))
         except UpstreamFailure as exc:
             await self._ctl(ctl, Failed(attempt=req.attempt, status=exc.status, type=exc.type,
                                         code=exc.code, message=exc.message,
@@ -225,6 +285,37 @@ class ProviderPool:
             log.exception("worker %s failed on %s", self.provider.name, req.route.request_id)
             await self._ctl(ctl, Failed(attempt=req.attempt, status=502, code="worker_error",
                                         message=f"{req.provider}: {type(exc).__name__}"))
+
+    async def _fetch(self, req: ExecRequest) -> ProviderResponse:
+        """One non-streaming answer from the upstream, retries included."""
+        payload = await self._payload(req)
+
+        async def once() -> ProviderResponse:
+            result = await self.provider.complete(req.route.op, payload,
+                                                  ttfb_timeout=self._remaining(req))
+            self._outcome(0.0)
+            return result
+
+        return await self._retrying(req, once)
+
+    async def _retrying(self, req: ExecRequest, once: Callable[[], Awaitable[_T]]) -> _T:
+        """``once`` until it succeeds, or fails for good: retries on this
+        target (policy, budget, deadline) before the router fails over.
+        ``once`` raises only while nothing reached the client."""
+        if self.retry_budget is not None:
+            self.retry_budget.record_request()
+        retry = 0
+        while True:
+            try:
+                return await once()
+            except UpstreamFailure as exc:
+                self._outcome(classify(exc.status, timeout=exc.code == "upstream_timeout")
+                              if exc.code != "unsupported" else None)
+                wait = self._retry_delay(req, exc, retry)
+                if wait is None:
+                    raise
+                retry += 1
+                await asyncio.sleep(wait)
 
     def _retry_delay(self, req: ExecRequest, exc: UpstreamFailure, retry: int) -> float | None:
         """How long to wait before retrying this target, or None: not retryable,
@@ -241,9 +332,8 @@ class ProviderPool:
         RETRIES.labels(self.provider.name).inc()
         return wait
 
-    async def _complete(self, req: ExecRequest, ctl: str, payload: dict[str, Any]) -> None:
-        result = await self.provider.complete(req.route.op, payload,
-                                              ttfb_timeout=self._remaining(req))
+    async def _send_complete(self, req: ExecRequest, ctl: str, result: ProviderResponse, *,
+                             coalesced: bool = False) -> None:
         body = result.body
         limit = inline_limit(self.nc)
         seq = 0
@@ -255,12 +345,12 @@ class ProviderPool:
             seq += 1
         await self.nc.publish(req.reply_to, encode(Complete(
             attempt=req.attempt, seq=seq, status=result.status, body=body, usage=result.usage,
-            provider=req.provider, model=req.target_model)))
+            provider=req.provider, model=req.target_model, coalesced=coalesced)))
         await self._ctl(ctl, Started(attempt=req.attempt))
 
-    async def _stream(self, req: ExecRequest, ctl: str,
-                      payload: dict[str, Any]) -> UpstreamFailure | None:
-        """Relay a stream; returns the failure that cut it after it started."""
+    async def _stream(self, req: ExecRequest, ctl: str, payload: dict[str, Any]) -> None:
+        """Relay a stream. Raises only before the first chunk; a cut after it
+        ends the client's stream with an error event."""
         seq = 0
         usage: Usage | None = None
         publish = self.nc.publish
@@ -283,9 +373,10 @@ class ProviderPool:
             await publish(reply_to, encode(ErrorReply(
                 attempt=req.attempt, seq=seq, status=exc.status, type="stream_error",
                 code=exc.code, message=exc.message)))
-            return exc
+            self._outcome(classify(exc.status))
+            return
+        self._outcome(0.0)
         if seq == 0:
             await self._ctl(ctl, Started(attempt=req.attempt))
         await publish(reply_to, encode(End(attempt=req.attempt, seq=seq, usage=usage,
                                            provider=req.provider, model=req.target_model)))
-        return None

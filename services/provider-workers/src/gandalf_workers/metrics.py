@@ -14,3 +14,10 @@ BREAKER_TRANSITIONS = Counter("gandalf_circuit_transitions_total", "Circuit brea
                               ["provider", "state"], registry=REGISTRY)
 RETRIES = Counter("gandalf_upstream_retries_total", "Calls retried on the same provider "
                   "instance before failing over", ["provider"], registry=REGISTRY)
+COALESCED = Counter("gandalf_coalesced_requests_total", "Requests answered by another "
+                    "identical request's upstream call", ["provider"], registry=REGISTRY)
+EXPIRED = Counter("gandalf_worker_expired_total", "Requests dropped by a worker because "
+                  "their deadline had passed on arrival", ["provider"], registry=REGISTRY)
+SHED = Counter("gandalf_worker_shed_total", "Requests refused by a worker at max_concurrency "
+               "or max_rps (the router fails over or answers 503)", ["provider"],
+               registry=REGISTRY)

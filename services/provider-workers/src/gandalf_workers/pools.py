@@ -49,6 +49,7 @@ from .breaker import CircuitBreaker
 from .handlers import ProviderPool
 from .providers.registry import build_provider
 from .retry import RetryBudget, RetryPolicy
+from .siblings import Siblings
 
 log = logging.getLogger("gandalf.worker")
 
@@ -142,6 +143,7 @@ class LivePools:
         self._nc: NATS | None = None
         self._bodies: BodyStore | None = None
         self._stopped = False
+        self.siblings = Siblings(lambda: [s.pool for s in self.served.values()])
 
     # ------------------------------------------------------------ lifecycle
 
@@ -149,6 +151,7 @@ class LivePools:
         """Serve every wanted, enabled provider; then follow changes."""
         self._nc = nc
         self._bodies = BodyStore(nc)
+        await self.siblings.start(nc)
         self.live.on_change(self._on_change)
         for ident in list(self.live.providers):
             await self._reconcile(ident)
@@ -178,7 +181,9 @@ class LivePools:
             self._applier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._applier
+        await self.siblings.stop()
         for served in self.served.values():
+            await self.siblings.announce(served.pool, leaving=True)
             for sub in served.subs:
                 with contextlib.suppress(Exception):  # the connection may be gone
                     await sub.unsubscribe()
@@ -253,7 +258,7 @@ class LivePools:
                             ttfb_timeout=pcfg.timeout_ms / 1000, bodies=bodies,
                             provider_type=pcfg.type,
                             breaker=make_breaker(self.live.cfg.circuit_breaker),
-                            **retries(self.live.cfg.retries))
+                            max_rps=pcfg.max_rps, **retries(self.live.cfg.retries))
         served = Served(record, pool)
         queue = contract.provider_queue(ident)
         pong = encode(Pong(service="worker", instance=ident, pid=os.getpid()))
@@ -263,6 +268,10 @@ class LivePools:
                 pending_msgs_limit=65536, pending_bytes_limit=256 * 1024 * 1024))
             served.subs.append(await serve_pings(nc, contract.ping_provider(ident), queue,
                                                  pong))
+            # This pool's own subject: coalescable requests whose key it owns.
+            served.subs.append(await nc.subscribe(
+                contract.worker_wildcard(pool.worker_id, ident), cb=pool.on_exec,
+                pending_msgs_limit=65536, pending_bytes_limit=256 * 1024 * 1024))
         except Exception as exc:  # noqa: BLE001 - e.g. the connection is closing
             log.error("worker: provider %s: cannot subscribe (%s)", ident,
                       type(exc).__name__)
@@ -273,6 +282,7 @@ class LivePools:
             return None
         log.info("worker serving provider %s (%s) at %s", ident, pcfg.type,
                  safe_url(pcfg.base_url))
+        await self.siblings.announce(pool)
         return served
 
     async def _retire(self, served: Served) -> None:
@@ -280,6 +290,7 @@ class LivePools:
         handled), then finish its calls and close it in the background so
         the next change need not wait for long streams."""
         self.retiring.add(served.pool)
+        await self.siblings.announce(served.pool, leaving=True)
         for sub in served.subs:
             await _drain(sub)
         served.subs.clear()

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 
+import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -35,12 +36,14 @@ from gandalf_common.contract import (
     ctl_decoder,
     encode,
     health_decoder,
+    presence_decoder,
     route_decoder,
 )
 from gandalf_common.errors import ModelNotFoundError
 from gandalf_common.live import LiveConfig
 
 from .balance import Balancer, target_key
+from .members import Membership
 from .routing import RouteTable, verdict
 
 log = logging.getLogger("gandalf.router")
@@ -65,6 +68,8 @@ class RouterService:
         self.balancer = Balancer()
         #: provider instance -> Unix time until which its circuit is open.
         self._open_until: dict[str, float] = {}
+        #: Live workers per instance: the owners of coalescable requests.
+        self.members = Membership()
 
     @property
     def table(self) -> RouteTable:
@@ -96,6 +101,11 @@ class RouterService:
         # Breaker transitions from every worker: an instance any worker has
         # opened is skipped by every router until its open timeout ends.
         self._subs.append(await nc.subscribe(contract.HEALTH_WILDCARD, cb=self._on_health))
+        self._subs.append(await nc.subscribe(contract.PRESENCE_WILDCARD, cb=self._on_presence))
+        await nc.publish(contract.PRESENCE_HELLO, b"")  # workers answer with presence
+
+    async def _on_presence(self, msg: Msg) -> None:
+        self.members.heard(presence_decoder.decode(msg.data))
 
     async def _on_health(self, msg: Msg) -> None:
         health = health_decoder.decode(msg.data)
@@ -112,7 +122,12 @@ class RouterService:
     async def _on_request(self, msg: Msg) -> None:
         if not msg.reply:
             return
+        deadline = contract.deadline_of(msg.headers)
+        if deadline and time.time() >= deadline:
+            return  # the ingress has answered 504 already
         req = route_decoder.decode(msg.data)
+        if deadline:
+            req = msgspec.structs.replace(req, deadline=deadline)
         task = asyncio.create_task(self._route(req, msg.reply), name=req.request_id)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -136,6 +151,7 @@ class RouterService:
                 message=f"no provider of model {req.model!r} supports {what}")))
             return
         targets = self.balancer.order(able, table.strategy(req.model))
+        wire = msgspec.structs.replace(req, deadline=0.0)  # the deadline goes in a header
         failures: list[Failed] = []
         attempt = 0
         for attempt, target in enumerate(targets):
@@ -149,7 +165,7 @@ class RouterService:
                                        code="deadline_exceeded",
                                        message="request deadline exceeded"))
                 break
-            exec_req = ExecRequest(route=req, provider=target.provider,
+            exec_req = ExecRequest(route=wire, provider=target.provider,
                                    target_model=target.model, reply_to=reply_to,
                                    attempt=attempt)
             key = target_key(target)
@@ -157,8 +173,7 @@ class RouterService:
             t0 = time.monotonic()
             ok = False
             try:
-                resp = await nc.request(contract.provider_subject(target.provider, req.op),
-                                        encode(exec_req), timeout=remaining)
+                resp = await self._exec(nc, req, target.provider, encode(exec_req), remaining)
                 ok = isinstance(ctl_decoder.decode(resp.data), Started)
             except NoRespondersError:
                 failures.append(Failed(attempt=attempt, status=503, code="no_worker",
@@ -186,6 +201,24 @@ class RouterService:
             log.info("target %s/%s failed (%s), trying next", target.provider, target.model,
                      ctl.message)
         await nc.publish(reply_to, encode(verdict(failures, attempts=attempt + 1)))
+
+    async def _exec(self, nc: NATS, req: RouteRequest, provider: str, data: bytes,
+                    timeout: float) -> Msg:
+        """Send one attempt to a worker of ``provider``: a coalescable request
+        to the owner of its key (so identical ones meet in one process), any
+        other to the instance's queue group."""
+        headers = contract.deadline_headers(req.deadline)
+        if req.coalesce_key:
+            owner = self.members.owner(provider, req.coalesce_key)
+            if owner is not None:
+                try:
+                    return await nc.request(contract.worker_subject(owner, provider, req.op),
+                                            data, timeout=timeout, headers=headers)
+                except NoRespondersError:
+                    self.members.forget(provider, owner)  # gone: use the queue group
+                timeout = max(0.001, req.deadline - time.time()) if req.deadline else timeout
+        return await nc.request(contract.provider_subject(provider, req.op), data,
+                                timeout=timeout, headers=headers)
 
     async def stop(self, timeout: float) -> None:
         await unsubscribe_all(self._subs)
