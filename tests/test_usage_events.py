@@ -27,6 +27,9 @@ EXTRA = """
     targets: [{provider: primary, model: gpt-4o-mini}]
   - model_alias: slow-stream
     targets: [{provider: primary, model: chunk-delay-100+words-40}]
+  - model_alias: shared
+    targets: [{provider: primary, model: shared+delay-400}]
+    pricing: {input: 10, output: 10}
 """
 
 
@@ -177,3 +180,24 @@ async def test_concurrent_requests_cannot_overshoot_a_budget(
 
     results = await asyncio.gather(*(one() for _ in range(20)))
     assert results.count(200) == 4, results
+
+
+async def test_coalesced_requests_each_get_an_event_billed_once(
+        managed: ManagedGateway, upstream: Any) -> None:
+    """Five identical deterministic requests at once: one upstream call, five
+    events; the four that shared it are marked ``coalesced`` and cost nothing."""
+    events = Events()
+    await events.start(managed)
+    replies = await asyncio.gather(*(client(managed).chat.completions.create(
+        model="shared", temperature=0, messages=[{"role": "user", "content": "one answer"}])
+        for _ in range(5)))
+    assert len({r.id for r in replies}) == 1
+    assert sum(1 for r in upstream.requests if r.model == "shared+delay-400") == 1
+    got = await events.wait(5)
+    assert len(got) == 5 and all(e.status == 200 for e in got)
+    paid = [e for e in got if not e.coalesced]
+    shared = [e for e in got if e.coalesced]
+    assert len(paid) == 1 and len(shared) == 4
+    assert paid[0].cost_usd > 0
+    assert all(e.cost_usd == 0 and e.total_tokens == paid[0].total_tokens > 0
+               and e.provider == "primary" for e in shared)
