@@ -199,10 +199,11 @@ class CircuitBreaker:
     def adopt(self, new: str, *, open_for: float = 0.0) -> None:
         """Take another replica's transition for the same provider instance.
 
-        ``open``: open for ``open_for`` seconds (or longer, if already open
-        for longer); ``closed``: a sibling's probe succeeded, close with a
-        fresh window. ``half_open`` is not adopted: each replica half-opens
-        on its own clock and sends its own single probe.
+        ``open``: open for ``open_for`` seconds, at most this breaker's own
+        ``open_timeout`` (or longer, if already open for longer);
+        ``closed``: a sibling's probe succeeded, close with a fresh window.
+        ``half_open`` is not adopted: each replica half-opens on its own
+        clock and sends its own single probe.
         """
         self._tick()
         if new == "open" and open_for > 0:
