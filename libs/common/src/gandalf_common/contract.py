@@ -282,12 +282,17 @@ class Failed(Struct, frozen=True, kw_only=True, tag_field="t", tag="failed"):
     retryable: bool = True
     #: Upstream Retry-After in seconds, 0 when absent.
     retry_after: float = 0.0
+    #: The worker that refused (``CODE_SATURATED``): the router may try the
+    #: instance's other workers before failing over.
+    worker: str = ""
 
 
 CtlMsg = Started | Failed
 
 #: ``Failed.code`` of an attempt whose client disconnected: nobody waits for it.
 CODE_CLIENT_GONE: Final = "client_disconnected"
+#: ``Failed.code`` of a worker at ``max_concurrency`` or ``max_rps``.
+CODE_SATURATED: Final = "provider_saturated"
 
 
 # --- worker/router -> ingress (reply inbox) -------------------------------

@@ -139,7 +139,8 @@ class ProviderPool:
         if self.breaker is not None:
             self.breaker.record(None)  # not called: frees a half-open probe slot
         SHED.labels(self.provider.name).inc()
-        await self._ctl(ctl, Failed(attempt=req.attempt, status=503, code="provider_saturated",
+        await self._ctl(ctl, Failed(attempt=req.attempt, status=503,
+                                    code=contract.CODE_SATURATED, worker=self.worker_id,
                                     retry_after=float(math.ceil(retry_after)),
                                     message=f"{req.provider}: {why}"))
 

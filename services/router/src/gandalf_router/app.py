@@ -26,6 +26,7 @@ from gandalf_common.bus import serve_pings, unsubscribe_all
 from gandalf_common.config import GatewayConfig
 from gandalf_common.contract import (
     CODE_CLIENT_GONE,
+    CODE_SATURATED,
     Cancel,
     ErrorReply,
     ExecRequest,
@@ -47,6 +48,9 @@ from .members import Membership
 from .routing import RouteTable, verdict
 
 log = logging.getLogger("gandalf.router")
+
+#: Other workers of an instance asked after one answered "saturated".
+SPILL_LIMIT = 3
 
 
 class RouterService:
@@ -208,17 +212,47 @@ class RouterService:
         to the owner of its key (so identical ones meet in one process), any
         other to the instance's queue group."""
         headers = contract.deadline_headers(req.deadline)
+        resp: Msg | None = None
         if req.coalesce_key:
             owner = self.members.owner(provider, req.coalesce_key)
             if owner is not None:
                 try:
-                    return await nc.request(contract.worker_subject(owner, provider, req.op),
+                    resp = await nc.request(contract.worker_subject(owner, provider, req.op),
                                             data, timeout=timeout, headers=headers)
                 except NoRespondersError:
                     self.members.forget(provider, owner)  # gone: use the queue group
-                timeout = max(0.001, req.deadline - time.time()) if req.deadline else timeout
-        return await nc.request(contract.provider_subject(provider, req.op), data,
-                                timeout=timeout, headers=headers)
+        if resp is None:
+            resp = await nc.request(contract.provider_subject(provider, req.op), data,
+                                    timeout=self._left(req, timeout), headers=headers)
+        return await self._spill(nc, req, provider, data, resp, timeout)
+
+    async def _spill(self, nc: NATS, req: RouteRequest, provider: str, data: bytes,
+                     resp: Msg, timeout: float) -> Msg:
+        """A worker that is full says so at once; before this instance counts
+        as saturated, its other live workers are asked in turn (a queue group
+        picks a member at random, full or not)."""
+        ctl = ctl_decoder.decode(resp.data)
+        if not (isinstance(ctl, Failed) and ctl.code == CODE_SATURATED and ctl.worker):
+            return resp
+        headers = contract.deadline_headers(req.deadline)
+        tried = {ctl.worker}
+        for worker in self.members.others(provider, tried)[:SPILL_LIMIT]:
+            try:
+                other = await nc.request(contract.worker_subject(worker, provider, req.op),
+                                         data, timeout=self._left(req, timeout),
+                                         headers=headers)
+            except NoRespondersError:
+                self.members.forget(provider, worker)
+                continue
+            ctl = ctl_decoder.decode(other.data)
+            resp = other
+            if not (isinstance(ctl, Failed) and ctl.code == CODE_SATURATED):
+                break
+        return resp
+
+    @staticmethod
+    def _left(req: RouteRequest, fallback: float) -> float:
+        return max(0.001, req.deadline - time.time()) if req.deadline else fallback
 
     async def stop(self, timeout: float) -> None:
         await unsubscribe_all(self._subs)

@@ -14,6 +14,7 @@ the request to the instance's queue group instead.
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from collections.abc import Callable
 
@@ -53,6 +54,12 @@ class Membership:
         for worker in [w for w, seen in workers.items() if seen < low]:
             del workers[worker]
         return list(workers)
+
+    def others(self, instance: str, tried: set[str]) -> list[str]:
+        """The live workers of ``instance`` not in ``tried``, in random order."""
+        rest = [w for w in self.live(instance) if w not in tried]
+        random.shuffle(rest)
+        return rest
 
     def owner(self, instance: str, key: str) -> str | None:
         """The live worker that owns ``key`` for ``instance`` (None: none known)."""
