@@ -76,6 +76,9 @@ class ServerConfig(_Base, kw_only=True, frozen=True):
     stream_keepalive: Duration = 15.0
     stream_idle_timeout: Duration = 300.0
     processes: int = 0  # 0 = auto
+    #: Requests one gateway process handles at once; more are refused at
+    #: once with 503 ``server_busy`` (probes excepted). 0 = unlimited.
+    max_inflight: int = 4096
 
 
 class NatsConfig(_Base, kw_only=True, frozen=True):

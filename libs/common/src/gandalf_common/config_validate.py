@@ -57,7 +57,7 @@ class Validator:
     def run(self, c: GatewayConfig) -> GatewayConfig:
         s = c.server
         for f in ("read_timeout", "write_timeout", "shutdown_timeout", "stream_keepalive",
-                  "stream_idle_timeout", "processes"):
+                  "stream_idle_timeout", "processes", "max_inflight"):
             self.min(getattr(s, f), 0, f"server.{f}")
         self.min(s.max_body_bytes, 1, "server.max_body_bytes")
         self.min(c.nats.max_payload, 1, "nats.max_payload")

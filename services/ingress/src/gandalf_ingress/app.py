@@ -201,7 +201,8 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
                     exception_handlers={404: not_found, 405: method_not_allowed})
     app.state.readiness = readiness
     fast = {"/v1/chat/completions": chat, "/v1/embeddings": embeddings, "/v1/messages": anthropic}
-    return EdgeMiddleware(app, fast)  # type: ignore[return-value]
+    return EdgeMiddleware(app, fast,  # type: ignore[return-value]
+                          max_inflight=cfg.server.max_inflight)
 
 
 def jwt_verifier(cfg: GatewayConfig) -> Any:

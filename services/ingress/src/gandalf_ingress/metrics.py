@@ -27,3 +27,5 @@ STREAM_ERRORS = Counter("gandalf_stream_errors_total", "Responses that had start
                         "ended with an error (cut or malformed upstream stream, idle "
                         "timeout), by code: a failure even though the HTTP status was 200",
                         ["code"], registry=REGISTRY)
+SHED = Counter("gandalf_ingress_shed_total", "Requests refused at once because the process "
+               "was at server.max_inflight", registry=REGISTRY)

@@ -11,7 +11,7 @@ from typing import Any
 from gandalf_common.errors import error_body
 from gandalf_common.ids import uuid7
 
-from .metrics import ACTIVE, DURATION, REQUESTS
+from .metrics import ACTIVE, DURATION, REQUESTS, SHED
 
 log = logging.getLogger("gandalf.access")
 
@@ -53,9 +53,13 @@ class EdgeMiddleware:
     Starlette's routing and exception layers (measured: a tenth of the
     ingress's CPU per request); everything else goes through Starlette."""
 
-    def __init__(self, app: Any, fast: dict[str, Any] | None = None) -> None:
+    def __init__(self, app: Any, fast: dict[str, Any] | None = None, *,
+                 max_inflight: int = 0) -> None:
         self.app = app
         self.fast = fast or {}
+        #: Requests in progress in this process, and the bound (0: none).
+        self.inflight = 0
+        self.max_inflight = max_inflight
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
 
@@ -85,6 +89,23 @@ class EdgeMiddleware:
             await self.app(scope, receive, send_probe)
             return
 
+        if self.max_inflight and self.inflight >= self.max_inflight:
+            # Bounded: shed at once rather than queue behind slow upstreams.
+            SHED.inc()
+            await send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"), (b"retry-after", b"1"), *_SECURITY]})
+            await send({"type": "http.response.body", "body": error_body(
+                503, "the gateway is at its limit of concurrent requests; retry shortly",
+                type="api_error", code="server_busy")})
+            self._record(scope["method"], path, 503, 0.0)
+            return
+        self.inflight += 1
+        try:
+            await self._handle(scope, receive, send, path)
+        finally:
+            self.inflight -= 1
+
+    async def _handle(self, scope: Scope, receive: Any, send: Any, path: str) -> None:
         request_id = request_id_from(scope)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id

@@ -51,6 +51,9 @@ log = logging.getLogger("gandalf.router")
 
 #: Other workers of an instance asked after one answered "saturated".
 SPILL_LIMIT = 3
+#: Requests one router process routes at once; more are refused with 503
+#: (each ingress bounds its own in-flight requests too).
+MAX_INFLIGHT = 16384
 
 
 class RouterService:
@@ -129,6 +132,11 @@ class RouterService:
         deadline = contract.deadline_of(msg.headers)
         if deadline and time.time() >= deadline:
             return  # the ingress has answered 504 already
+        if len(self._tasks) >= MAX_INFLIGHT:
+            await self._nc.publish(msg.reply, encode(ErrorReply(  # type: ignore[union-attr]
+                status=503, code="router_busy", retry_after=1.0,
+                message="the router is at its limit of concurrent requests")))
+            return
         req = route_decoder.decode(msg.data)
         if deadline:
             req = msgspec.structs.replace(req, deadline=deadline)
