@@ -140,8 +140,10 @@ class EmbeddedNats:
         conf = self._write_config()
         self._log_file = self.log_path.open("ab")
         cmd = [binary, "-c", str(conf), "-js", "-sd", str(self.store_dir)]
+        env = {**os.environ, "GOMEMLIMIT": os.environ.get("GOMEMLIMIT", NATS_MEMORY_LIMIT)}
         self._proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
+            env=env,
             # Its own session: a Ctrl-C or a group-wide SIGTERM reaches the
             # launcher, which stops the gateway first and NATS last.
             start_new_session=True
@@ -231,6 +233,16 @@ def _run_coro_blocking(coro: Any) -> Any:
 #: The embedded PostgreSQL's shared buffers (a deployment's own server is
 #: tuned by its operator).
 SHARED_BUFFERS = "32MB"
+#: Settings for a laptop-sized embedded server (all need a restart):
+#: PostgreSQL's default 128 MB of shared buffers becomes resident as the usage
+#: writer touches them; PostgreSQL 18's three I/O worker processes and the
+#: logical replication launcher are processes a gateway's few writes do not
+#: need. Settings this server does not know are skipped.
+PG_SETTINGS = {"shared_buffers": SHARED_BUFFERS, "io_method": "sync",
+               "max_logical_replication_workers": "0"}
+#: Soft memory limit of the embedded nats-server's Go runtime: its garbage
+#: collector works harder near it instead of letting JetStream's caches grow.
+NATS_MEMORY_LIMIT = "48MiB"
 
 
 class EmbeddedPostgres:
@@ -279,17 +291,22 @@ class EmbeddedPostgres:
         return self.dsn("gandalf")
 
     async def _tune(self) -> bool:
-        """Size the embedded server for a laptop gateway: PostgreSQL's default
-        128 MB of shared buffers becomes resident as the usage writer touches
-        them. Returns whether a restart is needed."""
+        """Apply :data:`PG_SETTINGS`; returns whether a restart is needed."""
         import asyncpg
 
         conn = await asyncpg.connect(self.dsn("postgres"))
         try:
-            if await conn.fetchval("SHOW shared_buffers") == SHARED_BUFFERS:
-                return False
-            await conn.execute(f"ALTER SYSTEM SET shared_buffers = '{SHARED_BUFFERS}'")
-            return True
+            rows = await conn.fetch("SELECT name, current_setting(name) AS value "
+                                    "FROM pg_settings WHERE name = ANY($1::text[])",
+                                    list(PG_SETTINGS))
+            changed = False
+            for row in rows:
+                wanted = PG_SETTINGS[row["name"]]
+                if row["value"] != wanted:
+                    # Names and values are ours (constants), never user input.
+                    await conn.execute(f"ALTER SYSTEM SET {row['name']} = '{wanted}'")
+                    changed = True
+            return changed
         finally:
             await conn.close()
 
