@@ -15,6 +15,8 @@ import nats
 import pytest
 
 from gandalf_common.embedded import (
+    NATS_MEMORY_LIMIT,
+    PG_SETTINGS,
     AlreadyRunningError,
     EmbeddedNats,
     EmbeddedPostgres,
@@ -119,6 +121,10 @@ def test_embedded_nats_stop_and_context_manager(tmp_path: Path) -> None:
         pid = server.pid
         assert pid is not None
         port = server.port
+        # The Go runtime's soft memory limit (the environment's own value wins).
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        limit = os.environ.get("GOMEMLIMIT", NATS_MEMORY_LIMIT)
+        assert f"GOMEMLIMIT={limit}".encode() in environ
     assert server.pid is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # really gone (reaped), not just detached
@@ -223,7 +229,13 @@ async def test_embedded_postgres_start_and_migrate(tmp_path: Path) -> None:
         pool = await connect_pool(dsn, max_size=2)
         try:
             assert await pool.fetchval("SELECT current_database()") == "gandalf"
-            assert await pool.fetchval("SHOW shared_buffers") == "32MB"  # sized for a laptop
+            # Sized for a laptop: every setting this server knows is applied.
+            known = await pool.fetch("SELECT name, current_setting(name) AS value "
+                                     "FROM pg_settings WHERE name = ANY($1::text[])",
+                                     list(PG_SETTINGS))
+            assert {r["name"]: r["value"] for r in known} == {
+                n: v for n, v in PG_SETTINGS.items() if n in {r["name"] for r in known}}
+            assert "shared_buffers" in {r["name"] for r in known}
             name = await pool.fetchval("SELECT name FROM organizations WHERE id = 'default'")
             assert name == "Default Organization"
         finally:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import Any
 
 ENV_KEY = "GANDALF_ENCRYPTION_KEY"
 _PREFIX = "v1."
@@ -24,7 +22,7 @@ class SecretError(Exception):
 
 
 def generate_key() -> str:
-    return base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()
+    return base64.b64encode(os.urandom(32)).decode()  # what AESGCM.generate_key does
 
 
 def parse_key(text: str) -> bytes:
@@ -39,7 +37,11 @@ def parse_key(text: str) -> bytes:
 
 class SecretBox:
     def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
+        # Imported here: ``gandalf up``'s supervisor only generates keys and
+        # should not carry OpenSSL's bindings.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self._aead: Any = AESGCM(key)
 
     @classmethod
     def from_env(cls) -> SecretBox | None:
@@ -52,6 +54,8 @@ class SecretBox:
         return _PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode()
 
     def open(self, token: str, purpose: str) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
         if not token.startswith(_PREFIX):
             raise SecretError("unknown secret format")
         try:

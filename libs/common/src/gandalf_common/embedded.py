@@ -232,17 +232,18 @@ def _run_coro_blocking(coro: Any) -> Any:
 
 #: The embedded PostgreSQL's shared buffers (a deployment's own server is
 #: tuned by its operator).
-SHARED_BUFFERS = "32MB"
+SHARED_BUFFERS = "16MB"
 #: Settings for a laptop-sized embedded server (all need a restart):
 #: PostgreSQL's default 128 MB of shared buffers becomes resident as the usage
 #: writer touches them; PostgreSQL 18's three I/O worker processes and the
 #: logical replication launcher are processes a gateway's few writes do not
-#: need. Settings this server does not know are skipped.
+#: need, and one autovacuum worker keeps up with the usage tables (three at
+#: once were the memory peaks). Settings this server does not know are skipped.
 PG_SETTINGS = {"shared_buffers": SHARED_BUFFERS, "io_method": "sync",
-               "max_logical_replication_workers": "0"}
+               "max_logical_replication_workers": "0", "autovacuum_max_workers": "1"}
 #: Soft memory limit of the embedded nats-server's Go runtime: its garbage
 #: collector works harder near it instead of letting JetStream's caches grow.
-NATS_MEMORY_LIMIT = "48MiB"
+NATS_MEMORY_LIMIT = "32MiB"
 
 
 class EmbeddedPostgres:

@@ -8,12 +8,24 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from gandalf_ingress.cache.errors import CacheUnavailable
 from gandalf_ingress.cache.keys import cache_key, cacheable, effective_ttl
 from gandalf_ingress.cache.memory import MemoryCache
-from gandalf_ingress.cache.redis_cache import CacheUnavailable, RedisCache
 from gandalf_ingress.cache.stream import synthesize_stream
+
+if TYPE_CHECKING:
+    from gandalf_ingress.cache.redis_cache import RedisCache
+
+
+def __getattr__(name: str) -> Any:
+    # redis-py costs every process ~6 MiB: imported only when a Redis cache is used.
+    if name == "RedisCache":
+        from gandalf_ingress.cache.redis_cache import RedisCache
+
+        return RedisCache
+    raise AttributeError(name)
 
 __all__ = [
     "CacheUnavailable",

@@ -31,11 +31,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from gandalf_ingress.cache.errors import CacheUnavailable
+
 __all__ = ["CacheUnavailable", "RedisCache"]
-
-
-class CacheUnavailable(Exception):
-    """The cache backend did not answer (in time); treat as a miss."""
 
 
 _SET_SCRIPT = """
