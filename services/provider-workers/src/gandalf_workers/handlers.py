@@ -56,6 +56,13 @@ _json_decode = msgspec.json.Decoder(dict[str, Any]).decode
 _T = TypeVar("_T")
 
 
+def _weight(exc: UpstreamFailure) -> float | None:
+    """The breaker weight of a failed call (None: not the provider's doing)."""
+    if exc.code == "unsupported":
+        return None
+    return classify(exc.status, timeout=exc.code == "upstream_timeout")
+
+
 class ProviderPool:
     """All in-flight calls of one provider instance in this process."""
 
@@ -266,7 +273,8 @@ class ProviderPool:
     async def _run(self, req: ExecRequest, ctl: str, flight: str = "") -> None:
         try:
             if req.route.op == contract.OP_NATIVE:
-                await run_native(self, req, ctl, await self._body(req))
+                body = await self._body(req)
+                await self._retrying(req, lambda: self._native(req, ctl, body))
                 return
             if flight:
                 result, leader = await self.flights.join(flight, lambda: self._fetch(req))
@@ -286,6 +294,12 @@ class ProviderPool:
             log.exception("worker %s failed on %s", self.provider.name, req.route.request_id)
             await self._ctl(ctl, Failed(attempt=req.attempt, status=502, code="worker_error",
                                         message=f"{req.provider}: {type(exc).__name__}"))
+
+    async def _native(self, req: ExecRequest, ctl: str, body: bytes) -> None:
+        # Native calls count for the breaker like any other (the original
+        # skipped them; a native half-open probe must release its slot too).
+        cut = await run_native(self, req, ctl, body)
+        self._outcome(_weight(cut) if cut is not None else 0.0)
 
     async def _fetch(self, req: ExecRequest) -> ProviderResponse:
         """One non-streaming answer from the upstream, retries included."""
@@ -310,8 +324,7 @@ class ProviderPool:
             try:
                 return await once()
             except UpstreamFailure as exc:
-                self._outcome(classify(exc.status, timeout=exc.code == "upstream_timeout")
-                              if exc.code != "unsupported" else None)
+                self._outcome(_weight(exc))
                 wait = self._retry_delay(req, exc, retry)
                 if wait is None:
                     raise
@@ -374,7 +387,7 @@ class ProviderPool:
             await publish(reply_to, encode(ErrorReply(
                 attempt=req.attempt, seq=seq, status=exc.status, type="stream_error",
                 code=exc.code, message=exc.message)))
-            self._outcome(classify(exc.status))
+            self._outcome(_weight(exc))
             return
         self._outcome(0.0)
         if seq == 0:

@@ -81,17 +81,20 @@ class _Out:
                                    type=exc.type, code=exc.code, message=exc.message))
 
 
-async def run_native(pool: ProviderPool, req: ExecRequest, ctl: str, body: bytes) -> None:
+async def run_native(pool: ProviderPool, req: ExecRequest, ctl: str,
+                     body: bytes) -> UpstreamFailure | None:
+    """Serve one native request; returns the failure that cut the answer after
+    it started (None: whole). Raises only before the first byte went out."""
     call = req.route.native
     assert call is not None
     out = _Out(pool, req, ctl)
     if translated(pool.provider_type, call.kind):
-        await _translated(pool, req, out, body)
-    else:
-        await _passthrough(pool, req, out, body)
+        return await _translated(pool, req, out, body)
+    return await _passthrough(pool, req, out, body)
 
 
-async def _passthrough(pool: ProviderPool, req: ExecRequest, out: _Out, body: bytes) -> None:
+async def _passthrough(pool: ProviderPool, req: ExecRequest, out: _Out,
+                       body: bytes) -> UpstreamFailure | None:
     call = req.route.native
     assert call is not None
     resp = await pool.provider.native(call, body, req.target_model, stream=req.route.stream,
@@ -107,7 +110,7 @@ async def _passthrough(pool: ProviderPool, req: ExecRequest, out: _Out, body: by
             await out.head(resp.status, resp.headers)
             await out.data(data)
             await out.end(None)
-            return
+            return None
         chunks = resp.body.__aiter__()
         first = await _first(chunks)  # failures up to here can fail over
         await out.head(200, resp.headers)
@@ -118,8 +121,9 @@ async def _passthrough(pool: ProviderPool, req: ExecRequest, out: _Out, body: by
                 await out.data(chunk)
         except UpstreamFailure as exc:
             await out.error(exc)
-            return
+            return exc
         await out.end(resp.usage)
+        return None
     finally:
         await resp.close()
 
@@ -148,7 +152,8 @@ def _invalid(provider: str) -> UpstreamFailure:
                            "Anthropic Messages", code="upstream_invalid_response")
 
 
-async def _translated(pool: ProviderPool, req: ExecRequest, out: _Out, body: bytes) -> None:
+async def _translated(pool: ProviderPool, req: ExecRequest, out: _Out,
+                      body: bytes) -> UpstreamFailure | None:
     from .translate.messages_in import (
         MessagesInputError,
         MessagesStreamEncoder,
@@ -179,7 +184,7 @@ async def _translated(pool: ProviderPool, req: ExecRequest, out: _Out, body: byt
         await out.head(200, _JSON)
         await out.data(message)
         await out.end(result.usage)
-        return
+        return None
     payload["stream"] = True
     payload["stream_options"] = {"include_usage": True}
     encoder = MessagesStreamEncoder(req.route.model)
@@ -203,8 +208,9 @@ async def _translated(pool: ProviderPool, req: ExecRequest, out: _Out, body: byt
         if not started:
             raise
         await out.error(exc)
-        return
+        return exc
     if not started:
         await out.head(200, _SSE)
     await out.data(encoder.finish(usage))
     await out.end(usage)
+    return None
