@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway_harness import TEST_KEY, UPSTREAM_KEY, free_port, pipeline
 
@@ -55,9 +56,22 @@ async def test_trip_skip_half_open_and_a_4xx_probe_closes(gateway_url: str,
                 "model": model, "messages": [{"role": "user", "content": "x"}]})
             return r.status_code
 
+        async def scrape(name: str, **labels: str) -> float:
+            text = (await http.get(gateway_url + "/metrics")).text
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == name and sample.labels == labels:
+                        return float(sample.value)
+            return 0.0
+
+        opened = await scrape("gandalf_circuit_transitions_total", provider="brk", state="open")
         for _ in range(4):  # each fails over to backup; 4 failures of 4 samples trip it
             assert await ask("flaky") == 200
         assert brk_calls() == 4
+        # The metrics the original declared and never set: 1 = open.
+        assert await scrape("gandalf_circuit_breaker_state", provider="brk") == 1
+        assert await scrape("gandalf_circuit_transitions_total", provider="brk",
+                            state="open") == opened + 1
         await asyncio.sleep(0.1)  # the health event reaches the router
         assert await ask("flaky") == 200
         assert brk_calls() == 4  # skipped without a round trip
@@ -67,3 +81,4 @@ async def test_trip_skip_half_open_and_a_4xx_probe_closes(gateway_url: str,
         await asyncio.sleep(0.1)
         assert await ask("flaky") == 200  # ...which closed it: brk is tried again
         assert brk_calls() == 6
+        assert await scrape("gandalf_circuit_breaker_state", provider="brk") == 0

@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 from gandalf_common import contract
 from gandalf_common.config import parse_config
 from gandalf_common.contract import ExecRequest, Failed, RouteRequest, Started, encode
+from gandalf_common.metrics_hub import REGISTRY
 from gandalf_router.app import RouterService
 from gandalf_workers.app import WorkerService
 from gateway_harness import TEST_KEY, UPSTREAM_KEY, connect, free_port, pipeline
@@ -114,9 +115,13 @@ async def test_one_replica_trips_every_replica_opens_and_closes(cluster: Cluster
 
     # B refuses at once, without calling the upstream.
     before = len(upstream.requests)
+    rejects = REGISTRY.get_sample_value("gandalf_circuit_breaker_rejects_total",
+                                        {"provider": "shb"}) or 0.0
     ctl = await direct(cluster.nc, b, "shb-main")
     assert isinstance(ctl, Failed) and ctl.code == "circuit_open"
     assert len(upstream.requests) == before
+    assert REGISTRY.get_sample_value("gandalf_circuit_breaker_rejects_total",
+                                     {"provider": "shb"}) == rejects + 1
     # Routers skip the instance: the gateway answers from the spare.
     async with httpx.AsyncClient(timeout=10) as http:
         r = await http.post(cluster.url + "/v1/chat/completions", json={

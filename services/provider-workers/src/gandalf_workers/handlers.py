@@ -40,7 +40,15 @@ from gandalf_common.contract import (
 
 from .breaker import CircuitBreaker, classify
 from .flights import Flights
-from .metrics import BREAKER_STATE, BREAKER_TRANSITIONS, COALESCED, EXPIRED, RETRIES, SHED
+from .metrics import (
+    BREAKER_REJECTS,
+    BREAKER_STATE,
+    BREAKER_TRANSITIONS,
+    COALESCED,
+    EXPIRED,
+    RETRIES,
+    SHED,
+)
 from .native_exec import run_native
 from .providers.base import Provider, ProviderResponse, UpstreamFailure
 from .rate import TokenBucket
@@ -48,7 +56,7 @@ from .retry import RetryBudget, RetryPolicy
 
 log = logging.getLogger("gandalf.worker")
 
-_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+_STATE_VALUE = {"closed": 0, "open": 1, "half_open": 2}
 #: How many early cancels a pool remembers (a few seconds' worth at load).
 EARLY_CANCELS = 4096
 
@@ -128,6 +136,7 @@ class ProviderPool:
         if self.breaker is not None and not self.breaker.allow():
             # Open: answer at once so the router fails over (never a health
             # failure of its own).
+            BREAKER_REJECTS.labels(self.provider.name).inc()
             await self._ctl(msg.reply, Failed(attempt=req.attempt, status=503,
                                               code="circuit_open", retry_after=1,
                                               message=f"{req.provider}: circuit open"))

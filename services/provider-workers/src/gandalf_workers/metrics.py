@@ -7,8 +7,13 @@ from prometheus_client import Counter, Gauge
 
 from gandalf_common.metrics_hub import REGISTRY
 
-BREAKER_STATE = Gauge("gandalf_circuit_state", "Circuit breaker state per provider instance "
-                      "(0 closed, 1 half-open, 2 open)", ["provider"], registry=REGISTRY)
+#: The original's name and encoding (it declared the metric and never set it).
+BREAKER_STATE = Gauge("gandalf_circuit_breaker_state", "Circuit breaker state per provider "
+                      "instance (0 closed, 1 open, 2 half-open)", ["provider"],
+                      registry=REGISTRY)
+BREAKER_REJECTS = Counter("gandalf_circuit_breaker_rejects_total", "Calls a worker refused "
+                          "because the provider's circuit was open", ["provider"],
+                          registry=REGISTRY)
 BREAKER_TRANSITIONS = Counter("gandalf_circuit_transitions_total", "Circuit breaker "
                               "transitions per provider instance, by new state",
                               ["provider", "state"], registry=REGISTRY)
