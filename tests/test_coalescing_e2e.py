@@ -136,3 +136,13 @@ async def test_every_waiter_leaving_cancels_the_shared_call(gateway_url: str,
     # Nobody waits any more: the upstream call is abandoned before it answers.
     assert await upstream.wait_closed_async(upstream.requests[-1], timeout=2)
     assert calls(upstream) == 1
+
+
+async def test_coalescing_can_be_turned_off(managed_nats_url: str, mock_upstream: Any,
+                                            upstream: Any) -> None:
+    text = config(free_port(), mock_upstream.base_url).replace(
+        "cache: {enabled: false}", "cache: {enabled: false}\ncoalescing: {enabled: false}")
+    async with pipeline(managed_nats_url, text) as url:
+        replies = await post_all(url, [chat("not shared", temperature=0)] * 5)
+    assert all(r.status_code == 200 for r in replies)
+    assert calls(upstream) == 5
