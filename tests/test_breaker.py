@@ -8,18 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fake_clock import FakeClock
 from gandalf_workers.breaker import BreakerSnapshot, CircuitBreaker, classify
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
 
 
 def make(**kw: object) -> tuple[CircuitBreaker, FakeClock, list[tuple[str, str]]]:

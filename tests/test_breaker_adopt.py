@@ -6,31 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from fake_clock import FakeClock
 from gandalf_workers.breaker import BreakerSnapshot, CircuitBreaker
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
-
-
-def make(**kw: object) -> tuple[CircuitBreaker, FakeClock, list[tuple[str, str]]]:
-    clock = FakeClock()
-    transitions: list[tuple[str, str]] = []
-    b = CircuitBreaker(clock=clock, on_transition=lambda o, n: transitions.append((o, n)), **kw)
-    return b, clock, transitions
-
-
-def trip(b: CircuitBreaker) -> None:
-    for _ in range(b.min_samples):
-        b.record(1.0)
-    assert b.state == "open"
+from test_breaker import make, trip
 
 
 def test_remaining_open_is_zero_unless_open() -> None:

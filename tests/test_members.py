@@ -1,4 +1,4 @@
-"""Router membership (gandalf_router/members.py): rendezvous ownership of keys
+"""Worker membership (gandalf_common/presence.py): rendezvous ownership of keys
 among the live workers of an instance (stable, order independent, minimal
 movement when a worker joins, even spread), and liveness from presence
 heartbeats with a fake clock (expiry, leaving, forget)."""
@@ -8,21 +8,13 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+from fake_clock import FakeClock
 from gandalf_common.contract import Presence
-from gandalf_router.members import EXPIRY, Membership
+from gandalf_common.presence import EXPIRY, Membership
 
 INSTANCE = "openai-main"
 
 
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
 
 
 def hear(m: Membership, *workers: str, instance: str = INSTANCE, leaving: bool = False) -> None:
@@ -152,3 +144,17 @@ def test_forget_removes_a_worker() -> None:
     assert m.live("other") == ["w9"]
     m.forget(INSTANCE, "w2")
     assert m.owner(INSTANCE, "any key") is None
+
+
+def test_heard_says_when_the_set_of_workers_changed() -> None:
+    m = Membership(clock=FakeClock())
+
+    def said(worker: str, leaving: bool = False) -> bool:
+        return m.heard(Presence(instance=INSTANCE, worker=worker, leaving=leaving))
+
+    assert said("w1") is True  # joined
+    assert said("w1") is False  # a heartbeat
+    assert said("w2") is True
+    assert said("w1", leaving=True) is True  # left
+    assert said("w1", leaving=True) is False  # already gone
+    assert m.instances() == [INSTANCE] and m.live(INSTANCE) == ["w2"]

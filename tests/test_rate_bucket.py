@@ -11,21 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fake_clock import FakeClock
 from gandalf_workers.rate import TokenBucket
 
 #: Slack for float rounding when the fake clock is advanced by exactly a wait.
 EPS = 1e-9
 
 
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
 
 
 def drain(b: TokenBucket) -> int:

@@ -57,8 +57,8 @@ class Caching:
         if "no-store" in control or not cacheable(payload,
                                                   max_temperature=self.max_temperature):
             return None
-        owner = key_id if self.scope == "key" else org_id
-        return cache_key(payload, model=model, scope=owner), "no-cache" not in control
+        return self.key(payload, model=model, key_id=key_id, org_id=org_id), \
+            "no-cache" not in control
 
     def deterministic(self, *, n: int | None, seed: int | None,
                       temperature: float | None) -> bool:
@@ -67,10 +67,9 @@ class Caching:
         return cacheable({"n": n, "seed": seed, "temperature": temperature},
                          max_temperature=self.max_temperature)
 
-    def coalesce_key(self, payload: dict[str, Any], *, model: str, key_id: str,
-                     org_id: str) -> str:
-        """The cache's key for this request, whether or not a cache is on:
-        identical requests of the same cache scope share one upstream call."""
+    def key(self, payload: dict[str, Any], *, model: str, key_id: str, org_id: str) -> str:
+        """The cache's key for this request in the configured scope, whether or
+        not a cache is on: request coalescing uses the same key."""
         owner = key_id if self.scope == "key" else org_id
         return cache_key(payload, model=model, scope=owner)
 

@@ -193,7 +193,7 @@ class ProxyEndpoint:
                 if self.op == contract.OP_CHAT and payload else None
             if coalesce and payload:
                 # The cache's key is the coalescing key (same request, same answer).
-                key = cached[0] if cached is not None else gw.caching.coalesce_key(
+                key = cached[0] if cached is not None else gw.caching.key(
                     payload, model=model, key_id=identity.key_id, org_id=identity.org_id)
                 req = msgspec.structs.replace(req, coalesce_key=key)
             if cached is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Iterable
 
 from nats.aio.client import Client as NATS
@@ -25,13 +24,11 @@ from nats.aio.subscription import Subscription
 
 from gandalf_common import contract
 from gandalf_common.contract import Presence, encode, health_decoder, presence_decoder
+from gandalf_common.presence import Membership
 
 from .handlers import ProviderPool
 
 log = logging.getLogger("gandalf.worker")
-
-#: A worker not heard from for this long is presumed gone.
-EXPIRY = 3 * contract.PRESENCE_INTERVAL
 
 
 class Siblings:
@@ -41,8 +38,8 @@ class Siblings:
         self._nc: NATS | None = None
         self._subs: list[Subscription] = []
         self._beat: asyncio.Task[None] | None = None
-        #: instance -> worker id -> last heard (monotonic).
-        self._seen: dict[str, dict[str, float]] = {}
+        #: The live workers of every instance, this process's own included.
+        self.members = Membership()
 
     async def start(self, nc: NATS) -> None:
         self._nc = nc
@@ -73,36 +70,26 @@ class Siblings:
 
     async def _heartbeats(self) -> None:
         while True:
-            for pool in list(self._pools()):
-                await self.announce(pool)
+            await self._on_hello(None)
             self._recount()
             await asyncio.sleep(contract.PRESENCE_INTERVAL)
 
-    async def _on_hello(self, _msg: Msg) -> None:
+    async def _on_hello(self, _msg: Msg | None) -> None:
         for pool in list(self._pools()):
             await self.announce(pool)
 
     async def _on_presence(self, msg: Msg) -> None:
         presence = presence_decoder.decode(msg.data)
-        workers = self._seen.setdefault(presence.instance, {})
-        known = presence.worker in workers
-        if presence.leaving:
-            workers.pop(presence.worker, None)
-        else:
-            workers[presence.worker] = time.monotonic()
-        if known == presence.leaving:  # the set changed
+        if self.members.heard(presence):
             self._recount(presence.instance)
 
     def _recount(self, only: str | None = None) -> None:
-        low = time.monotonic() - EXPIRY
-        for instance, workers in self._seen.items():
-            if only is not None and instance != only:
-                continue
-            for worker in [w for w, seen in workers.items() if seen < low]:
-                del workers[worker]
+        """Give each pool its share of ``max_rps`` (expired workers drop out)."""
+        for instance in [only] if only is not None else self.members.instances():
+            count = len(self.members.live(instance))
             for pool in self._pools():
                 if pool.provider.name == instance:
-                    pool.set_workers(len(workers))
+                    pool.set_workers(count)
 
     async def _on_health(self, msg: Msg) -> None:
         health = health_decoder.decode(msg.data)

@@ -14,7 +14,6 @@ import logging
 import os
 import time
 
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -42,9 +41,9 @@ from gandalf_common.contract import (
 )
 from gandalf_common.errors import ModelNotFoundError
 from gandalf_common.live import LiveConfig
+from gandalf_common.presence import Membership
 
 from .balance import Balancer, target_key
-from .members import Membership
 from .routing import RouteTable, verdict
 
 log = logging.getLogger("gandalf.router")
@@ -137,14 +136,15 @@ class RouterService:
                 status=503, code="router_busy", retry_after=1.0,
                 message="the router is at its limit of concurrent requests")))
             return
+        # Decoded as it came (deadline 0 in the body): forwarded as is, with
+        # the header's deadline beside it.
         req = route_decoder.decode(msg.data)
-        if deadline:
-            req = msgspec.structs.replace(req, deadline=deadline)
-        task = asyncio.create_task(self._route(req, msg.reply), name=req.request_id)
+        task = asyncio.create_task(self._route(req, msg.reply, deadline),
+                                   name=req.request_id)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _route(self, req: RouteRequest, reply_to: str) -> None:
+    async def _route(self, req: RouteRequest, reply_to: str, deadline: float = 0.0) -> None:
         nc = self._nc
         assert nc is not None
         table = self.table  # this request's view, whatever changes meanwhile
@@ -163,7 +163,7 @@ class RouterService:
                 message=f"no provider of model {req.model!r} supports {what}")))
             return
         targets = self.balancer.order(able, table.strategy(req.model))
-        wire = msgspec.structs.replace(req, deadline=0.0)  # the deadline goes in a header
+        headers = contract.deadline_headers(deadline)
         failures: list[Failed] = []
         attempt = 0
         for attempt, target in enumerate(targets):
@@ -171,13 +171,13 @@ class RouterService:
                 failures.append(Failed(attempt=attempt, status=503, code="circuit_open",
                                        message=f"{target.provider}: circuit open"))
                 continue
-            remaining = req.deadline - time.time() if req.deadline else 300.0
+            remaining = deadline - time.time() if deadline else 300.0
             if remaining <= 0:
                 failures.append(Failed(attempt=attempt, status=504, type="timeout_error",
                                        code="deadline_exceeded",
                                        message="request deadline exceeded"))
                 break
-            exec_req = ExecRequest(route=wire, provider=target.provider,
+            exec_req = ExecRequest(route=req, provider=target.provider,
                                    target_model=target.model, reply_to=reply_to,
                                    attempt=attempt)
             key = target_key(target)
@@ -185,8 +185,9 @@ class RouterService:
             t0 = time.monotonic()
             ok = False
             try:
-                resp = await self._exec(nc, req, target.provider, encode(exec_req), remaining)
-                ok = isinstance(ctl_decoder.decode(resp.data), Started)
+                ctl = await self._exec(nc, req, target.provider, encode(exec_req), headers,
+                                       deadline or time.time() + remaining)
+                ok = isinstance(ctl, Started)
             except NoRespondersError:
                 failures.append(Failed(attempt=attempt, status=503, code="no_worker",
                                        message=f"no worker is serving provider "
@@ -204,7 +205,6 @@ class RouterService:
             finally:
                 # Latency to the first byte (Started) or the failure: Peak-EWMA input.
                 self.balancer.finish(key, time.monotonic() - t0, ok)
-            ctl = ctl_decoder.decode(resp.data)
             if isinstance(ctl, Started) or ctl.code == CODE_CLIENT_GONE:
                 return  # served, or nobody is waiting any more
             failures.append(ctl)
@@ -215,52 +215,45 @@ class RouterService:
         await nc.publish(reply_to, encode(verdict(failures, attempts=attempt + 1)))
 
     async def _exec(self, nc: NATS, req: RouteRequest, provider: str, data: bytes,
-                    timeout: float) -> Msg:
-        """Send one attempt to a worker of ``provider``: a coalescable request
-        to the owner of its key (so identical ones meet in one process), any
-        other to the instance's queue group."""
-        headers = contract.deadline_headers(req.deadline)
-        resp: Msg | None = None
+                    headers: dict[str, str] | None, until: float) -> Started | Failed:
+        """One attempt on ``provider``: a coalescable request goes to the owner
+        of its key (so identical ones meet in one process), any other to the
+        instance's queue group; a worker that is full says so at once, and
+        the instance's other live workers are asked in turn before it counts
+        as saturated (a queue group picks a member at random, full or not).
+        Raises ``NoRespondersError`` / timeouts as ``nc.request`` does."""
+        ctl: Started | Failed | None = None
+        tried: set[str] = set()
         if req.coalesce_key:
             owner = self.members.owner(provider, req.coalesce_key)
             if owner is not None:
-                try:
-                    resp = await nc.request(contract.worker_subject(owner, provider, req.op),
-                                            data, timeout=timeout, headers=headers)
-                except NoRespondersError:
-                    self.members.forget(provider, owner)  # gone: use the queue group
-        if resp is None:
+                ctl = await self._ask(nc, req, provider, owner, data, headers, until)
+                tried.add(owner)
+        if ctl is None:
             resp = await nc.request(contract.provider_subject(provider, req.op), data,
-                                    timeout=self._left(req, timeout), headers=headers)
-        return await self._spill(nc, req, provider, data, resp, timeout)
+                                    timeout=_left(until), headers=headers)
+            ctl = ctl_decoder.decode(resp.data)
+        if isinstance(ctl, Failed) and ctl.code == CODE_SATURATED and ctl.worker:
+            tried.add(ctl.worker)
+            for worker in self.members.others(provider, tried)[:SPILL_LIMIT]:
+                other = await self._ask(nc, req, provider, worker, data, headers, until)
+                if other is not None:
+                    ctl = other
+                    if not (isinstance(ctl, Failed) and ctl.code == CODE_SATURATED):
+                        break
+        return ctl
 
-    async def _spill(self, nc: NATS, req: RouteRequest, provider: str, data: bytes,
-                     resp: Msg, timeout: float) -> Msg:
-        """A worker that is full says so at once; before this instance counts
-        as saturated, its other live workers are asked in turn (a queue group
-        picks a member at random, full or not)."""
-        ctl = ctl_decoder.decode(resp.data)
-        if not (isinstance(ctl, Failed) and ctl.code == CODE_SATURATED and ctl.worker):
-            return resp
-        headers = contract.deadline_headers(req.deadline)
-        tried = {ctl.worker}
-        for worker in self.members.others(provider, tried)[:SPILL_LIMIT]:
-            try:
-                other = await nc.request(contract.worker_subject(worker, provider, req.op),
-                                         data, timeout=self._left(req, timeout),
-                                         headers=headers)
-            except NoRespondersError:
-                self.members.forget(provider, worker)
-                continue
-            ctl = ctl_decoder.decode(other.data)
-            resp = other
-            if not (isinstance(ctl, Failed) and ctl.code == CODE_SATURATED):
-                break
-        return resp
-
-    @staticmethod
-    def _left(req: RouteRequest, fallback: float) -> float:
-        return max(0.001, req.deadline - time.time()) if req.deadline else fallback
+    async def _ask(self, nc: NATS, req: RouteRequest, provider: str, worker: str,
+                   data: bytes, headers: dict[str, str] | None,
+                   until: float) -> Started | Failed | None:
+        """One worker's own subject; None (and forgotten) when it is gone."""
+        try:
+            resp = await nc.request(contract.worker_subject(worker, provider, req.op), data,
+                                    timeout=_left(until), headers=headers)
+        except NoRespondersError:
+            self.members.forget(provider, worker)
+            return None
+        return ctl_decoder.decode(resp.data)
 
     async def stop(self, timeout: float) -> None:
         await unsubscribe_all(self._subs)
@@ -272,3 +265,8 @@ class RouterService:
                 task.cancel()
         if self._owns_live:
             await self.live.stop()
+
+
+def _left(until: float) -> float:
+    """Seconds until ``until`` (at least a millisecond: NATS needs a timeout)."""
+    return max(0.001, until - time.time())

@@ -1,6 +1,8 @@
 """Which workers serve each provider instance, and which one owns a key.
 
-Workers announce themselves on ``gandalf.presence.<instance>`` every
+Kept by every router (owners of coalescable requests, other workers to try
+when one is full) and every worker (the count of its siblings, which splits
+``max_rps``). Workers announce themselves on ``gandalf.presence.<instance>`` every
 :data:`~gandalf_common.contract.PRESENCE_INTERVAL` seconds (and once more
 when they leave). A coalescable request goes to the owner of its key among
 the live workers, by rendezvous (highest random weight) hashing: every router
@@ -18,7 +20,7 @@ import random
 import time
 from collections.abc import Callable
 
-from gandalf_common.contract import PRESENCE_INTERVAL, Presence
+from .contract import PRESENCE_INTERVAL, Presence
 
 #: A worker not heard from for this long is presumed gone.
 EXPIRY = 3 * PRESENCE_INTERVAL
@@ -35,12 +37,19 @@ class Membership:
         #: instance -> worker id -> when it was last heard from.
         self._seen: dict[str, dict[str, float]] = {}
 
-    def heard(self, presence: Presence) -> None:
+    def heard(self, presence: Presence) -> bool:
+        """Record a heartbeat or a departure; True when the set of workers
+        changed (a worker joined or left)."""
         workers = self._seen.setdefault(presence.instance, {})
+        known = presence.worker in workers
         if presence.leaving:
             workers.pop(presence.worker, None)
         else:
             workers[presence.worker] = self.clock()
+        return known == presence.leaving
+
+    def instances(self) -> list[str]:
+        return list(self._seen)
 
     def forget(self, instance: str, worker: str) -> None:
         """The worker did not answer on its direct subject: it is gone."""
