@@ -1,6 +1,7 @@
-"""Each gateway process bounds the requests it handles at once
-(``server.max_inflight``): one more is refused at once with an OpenAI-style
-503 and Retry-After, probes still answer, and capacity comes back."""
+"""Bounded in-flight requests: each gateway process (``server.max_inflight``)
+and each router process (``MAX_INFLIGHT``) refuses one more at once with an
+OpenAI-style 503 and Retry-After; probes still answer, and capacity comes
+back."""
 
 from __future__ import annotations
 
@@ -60,3 +61,26 @@ async def test_one_request_over_the_bound_is_refused_at_once(gateway_url: str,
         assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
         assert (await ask("quick")).status_code == 200  # capacity is back
     assert sum(1 for r in upstream.requests if r.model == "ib-ok") == 1
+
+
+async def test_a_router_at_its_bound_refuses_at_once(gateway_url: str, upstream: Any,
+                                                     monkeypatch: Any) -> None:
+    import gandalf_router.app
+
+    monkeypatch.setattr(gandalf_router.app, "MAX_INFLIGHT", 1)
+    auth = {"authorization": f"Bearer {TEST_KEY}"}
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=15) as http:
+        def ask(model: str) -> Any:
+            return http.post("/v1/chat/completions", headers=auth, json={
+                "model": model, "messages": [{"role": "user", "content": "x"}]})
+
+        held = asyncio.create_task(ask("slow"))  # the router's one slot
+        assert await upstream.wait_requests_async(1, timeout=3)
+        t0 = time.monotonic()
+        refused = await ask("quick")
+        assert time.monotonic() - t0 < 0.3
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "router_busy"
+        assert refused.headers["retry-after"] == "1"
+        assert (await held).status_code == 200
+    assert sum(1 for r in upstream.requests if r.model == "ib-ok") == 0
