@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/gandalf.yaml
 
-.PHONY: dev run test lint bench clean
+.PHONY: dev run test lint bench clean reset-state
 
 $(BIN)/gandalf: requirements-dev.txt libs/common/pyproject.toml services/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ dev: $(BIN)/gandalf ## create the venv and install every package (editable) + de
 run: dev ## run the whole gateway on this machine (embedded NATS and PostgreSQL)
 	$(BIN)/gandalf up --config $(CONFIG)
 
-test: dev ## the test suite (starts its own NATS/Postgres when none is running)
+test: dev ## the test suite (~3 min; starts its own NATS/PostgreSQL/Valkey when none is running)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
@@ -27,5 +27,16 @@ lint: dev
 bench: dev ## benchmark: direct upstream vs through Gandalf (see bench/README.md)
 	$(BIN)/python bench/run.py
 
-clean:
-	rm -rf $(VENV) .gandalf .pytest_cache .ruff_cache
+clean: ## build artefacts only (the venv and caches); never the gateway's state
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist
+	find . -name __pycache__ -type d -prune -not -path './.gandalf/*' -exec rm -rf {} +
+
+STATE ?= $(or $(GANDALF_DATA_DIR),.gandalf)
+reset-state: ## DELETES the gateway's state: database, NATS store, encryption key, admin key
+	@if [ -d "$(STATE)" ] && ! flock -n "$(STATE)/gandalf.lock" true 2>/dev/null; then \
+	  echo "gandalf up is running with $(STATE); stop it first" >&2; exit 1; fi
+	@if [ -d "$(STATE)" ]; then \
+	  echo "deleting $(STATE): the embedded PostgreSQL (keys, orgs, usage), the NATS store,"; \
+	  echo "  the secrets encryption key and the generated admin key"; \
+	  rm -rf "$(STATE)"; \
+	else echo "nothing to delete: $(STATE) does not exist"; fi

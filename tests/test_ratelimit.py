@@ -1,6 +1,6 @@
 """Rate limiter library: memory and Redis token buckets, fallback policy, budget reservations,
-token estimates. Redis tests use the system Redis (skipped when absent) under a per-test key
-prefix, deleted afterwards."""
+token estimates. Redis tests use the `redis_url` server (system or embedded Valkey) under a
+per-test key prefix, deleted afterwards."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ JetStream object store so a 10 MiB request works with a 1 MiB ``max_payload``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
 import weakref
 from collections.abc import Callable
 
@@ -21,6 +21,8 @@ from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.object_store import ObjectStore
 
 from . import contract
+from .probe import endpoint_of, probe_async
+from .startup import DEPENDENCY_WAIT_S, retry_until
 
 log = logging.getLogger("gandalf.bus")
 
@@ -41,14 +43,20 @@ def on_disconnect(nc: NATS, callback: Callable[[], None]) -> None:
     _DISCONNECT_LISTENERS.setdefault(nc, []).append(callback)
 
 
-async def connect(url: str, name: str, *, connect_timeout: float = 30.0) -> NATS:
-    """Connect, retrying until ``connect_timeout``: services may start before NATS."""
+async def connect(url: str, name: str, *, connect_timeout: float = DEPENDENCY_WAIT_S) -> NATS:
+    """Connect, retrying for up to ``connect_timeout``: services may start
+    before NATS. Each attempt is a bounded TCP probe, then a bounded client
+    connect (nats-py alone retries its first connect forever when reconnects
+    are on). Raises :class:`DependencyUnavailableError` naming the address."""
     holder: list[NATS] = []
 
     async def _error_cb(exc: Exception) -> None:
-        log.warning("nats error: %s", exc)
+        if holder:  # the first connect's errors are ours to report
+            log.warning("nats error: %s", exc)
 
     async def _disconnected_cb() -> None:
+        if holder and (holder[0].is_closed or holder[0].is_draining):
+            return  # our own close
         log.warning("nats disconnected")
         for callback in _DISCONNECT_LISTENERS.get(holder[0], ()) if holder else ():
             callback()
@@ -56,23 +64,35 @@ async def connect(url: str, name: str, *, connect_timeout: float = 30.0) -> NATS
     async def _reconnected_cb() -> None:
         log.info("nats reconnected")
 
-    deadline = time.monotonic() + connect_timeout
-    while True:
+    where = endpoint_of(url)
+
+    async def attempt() -> NATS:
+        reason = await probe_async(url, timeout=2.0)
+        if reason is not None:
+            raise ConnectionError(f"cannot connect to NATS: {reason}")
+        nc = NATS()
         try:
-            nc = await nats.connect(
+            await asyncio.wait_for(nc.connect(
                 url, name=name, allow_reconnect=True, max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25, connect_timeout=2, ping_interval=10,
                 max_outstanding_pings=3, error_cb=_error_cb,
                 disconnected_cb=_disconnected_cb, reconnected_cb=_reconnected_cb,
                 # Fail fast while disconnected rather than buffering unboundedly.
                 pending_size=8 * 1024 * 1024,
-            )
-            holder.append(nc)
-            return nc
-        except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
-            if time.monotonic() > deadline:
-                raise ConnectionError(f"cannot connect to NATS at {url}: {exc}") from exc
-            await asyncio.sleep(0.25)
+            ), timeout=5.0)
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            detail = str(exc) or type(exc).__name__
+            raise ConnectionError(f"cannot connect to NATS at {where}: {detail}") from None
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise
+        holder.append(nc)
+        return nc
+
+    return await retry_until("nats", attempt, wait_s=connect_timeout)
 
 
 def inline_limit(nc: NATS) -> int:

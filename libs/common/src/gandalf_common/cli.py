@@ -13,8 +13,12 @@ import socket
 import sys
 from pathlib import Path
 
+import msgspec
+
 from . import __version__
 from .config import ConfigError, GatewayConfig, load_config
+from .crypto import SecretError
+from .startup import NotReadyError, StartupError
 
 DEFAULT_CONFIG = "configs/gandalf.yaml"
 
@@ -31,20 +35,34 @@ def _parser() -> argparse.ArgumentParser:
                         choices=["debug", "info", "warning", "error"])
     parser = argparse.ArgumentParser(prog="gandalf", parents=[common],
                                      description="Gandalf LLM gateway")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # An explicit metavar keeps the hidden `node` out of the listing.
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     up = sub.add_parser("up", parents=[common], help="run everything on this machine")
     up.add_argument("--processes", type=int, default=0,
                     help="gateway processes (default: server.processes, else CPU count)")
-    sub.add_parser("ingress", parents=[common], help="run the HTTP edge")
+    up.add_argument("--addr", default=argparse.SUPPRESS,
+                    help="listen address, e.g. :9090 or 127.0.0.1:8080 (overrides server.addr)")
+    ingress = sub.add_parser("ingress", parents=[common], help="run the HTTP edge")
+    ingress.add_argument("--addr", default=argparse.SUPPRESS,
+                         help="listen address (overrides server.addr)")
     sub.add_parser("router", parents=[common], help="run a router")
     worker = sub.add_parser("worker", parents=[common], help="run provider workers")
     worker.add_argument("--provider", action="append", default=[],
                         help="serve only this provider instance (repeatable)")
     sub.add_parser("usage", parents=[common],
-                   help="run the usage service (also: usage replay|export, see --help there)")
+                   help="run the usage service; `usage replay` and `usage export` are the "
+                        "billing tools",
+                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                   description="Run the usage service (USAGE stream -> PostgreSQL).",
+                   epilog="billing tools:\n"
+                          "  gandalf usage replay --from T [--to T] [--verify]\n"
+                          "      re-apply the USAGE stream to the usage tables, or check them\n"
+                          "  gandalf usage export --from T --to T --format csv|jsonl\n"
+                          "      write the raw usage rows of a window\n"
+                          "see `gandalf usage replay --help` and `gandalf usage export --help`")
     sub.add_parser("admin", parents=[common], help="run the admin service")
     sub.add_parser("version", help="print the version")
-    node = sub.add_parser("node", parents=[common], help=argparse.SUPPRESS)
+    node = sub.add_parser("node", parents=[common])  # gandalf up's own; not listed
     node.add_argument("--fd", type=int, default=-1)
     node.add_argument("--aux", action="store_true", help="also run usage and admin")
     node.add_argument("--database-url", default="")
@@ -163,12 +181,30 @@ def main(argv: list[str] | None = None) -> None:
         print(f"gandalf {__version__}")
         return
     cfg = load(args)
+    addr = getattr(args, "addr", None)
+    if addr:
+        cfg = msgspec.structs.replace(cfg, server=msgspec.structs.replace(cfg.server, addr=addr))
+    try:
+        _dispatch(args, cfg)
+    except NotReadyError as exc:
+        raise SystemExit(f"gandalf {args.command}: {exc}") from None
+    except (StartupError, ConfigError, SecretError) as exc:
+        print(f"gandalf {args.command}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def _dispatch(args: argparse.Namespace, cfg: GatewayConfig) -> None:
     command = args.command
     if command == "up":
         from .launcher import up
 
         up(args, cfg)
     elif command == "node":
+        from .lifeline import die_with_parent
+
+        die_with_parent()
         _run_node(args, cfg, ingress=True, router=True, workers=True, aux=args.aux)
     elif command == "ingress":
         _run_node(args, cfg, ingress=True, router=False, workers=False, aux=False)
@@ -187,9 +223,14 @@ def main(argv: list[str] | None = None) -> None:
         _run_single(args, cfg, AdminService(cfg, cfg.database.url))
 
 
+#: Flags of ``gandalf`` that the billing tools take too, when given before ``usage``.
+_FORWARDED = ("--config", "--data-dir", "--nats-url")
+
+
 def _usage_tool(argv: list[str]) -> list[str] | None:
-    """``gandalf [--config F] usage replay|export ...``: the billing tools'
-    own arguments (a ``--config`` given before ``usage`` is passed along)."""
+    """``gandalf [global flags] usage replay|export ...``: the billing tools'
+    own arguments. Global flags before ``usage`` are passed along, or refused
+    when the tool has no use for them; never dropped silently."""
     if "usage" not in argv:
         return None
     at = argv.index("usage")
@@ -197,10 +238,22 @@ def _usage_tool(argv: list[str]) -> list[str] | None:
     if not rest or rest[0] not in ("replay", "export"):
         return None
     before = argv[:at]
-    if "--config" in before and "--config" not in rest:
-        i = before.index("--config")
-        rest = [*rest, *before[i:i + 2]]
-    return rest
+    forwarded: list[str] = []
+    i = 0
+    while i < len(before):
+        flag, eq, value = before[i].partition("=")
+        if flag not in _FORWARDED:
+            raise SystemExit(f"gandalf usage {rest[0]}: {before[i]} is not an option of the "
+                             f"billing tools (they take {', '.join(_FORWARDED)})")
+        if not eq:
+            if i + 1 >= len(before):
+                raise SystemExit(f"gandalf: {flag} needs a value")
+            i += 1
+            value = before[i]
+        if flag not in rest:
+            forwarded += [flag, value]
+        i += 1
+    return [*rest, *forwarded]
 
 
 def _run_single(args: argparse.Namespace, cfg: GatewayConfig, service: object) -> None:

@@ -166,10 +166,10 @@ class Validator:
             seen[p.name] = path
             ptype = (p.type or p.name).strip().lower()
             if ptype not in _BASE_URLS:
-                self.warn(f"{path}: unknown provider type {ptype!r} for provider "
-                          f"{p.name!r} (expected one of {', '.join(_BASE_URLS)}); skipped")
-                dropped.add(p.name)
-                continue
+                # The original skipped it with a warning, which surfaced later
+                # as "no targets left": a typo must stop the start, naming itself.
+                raise self.error(f"unknown provider type {ptype!r} for provider {p.name!r} "
+                                 f"(valid types: {', '.join(_BASE_URLS)})", path + ".type")
             hosting = self.choice(p.hosting.strip().lower(), _HOSTINGS, path + ".hosting")
             if hosting and ptype not in _HOSTED_TYPES[hosting]:
                 raise self.error(f"hosting {hosting!r} is not available for type {ptype!r} "

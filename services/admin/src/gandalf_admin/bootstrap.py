@@ -22,6 +22,7 @@ from gandalf_common.crypto import ENV_KEY, SecretBox, SecretError
 from gandalf_common.ids import uuid7
 from gandalf_common.live import provider_record
 from gandalf_common.records import ProviderSecrets, secrets_decoder
+from gandalf_common.startup import StartupError
 
 from . import secrets
 from .jwt_settings import is_configured, jwt_from_config, jwt_from_json, jwt_to_json
@@ -32,7 +33,7 @@ from .store.rows import KeyRow, OrgRow, ProviderRow, RouteRow, TargetRow, replac
 log = logging.getLogger("gandalf.admin.bootstrap")
 
 
-class BootstrapError(Exception):
+class BootstrapError(StartupError):
     """The YAML cannot be bootstrapped (the service must not start)."""
 
 

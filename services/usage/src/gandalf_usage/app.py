@@ -23,6 +23,7 @@ from gandalf_common.bus import serve_pings, unsubscribe_all
 from gandalf_common.config import GatewayConfig
 from gandalf_common.contract import Pong, encode
 from gandalf_common.live import LiveConfig
+from gandalf_common.startup import DEPENDENCY_WAIT_S
 
 from .consumer import AfterCommit, ConsumerOptions, UsageConsumer
 from .db import UsageDatabase
@@ -61,6 +62,9 @@ class UsageService:
             self._subs.append(await serve_pings(nc, contract.PING_USAGE, "usage", pong))
             return
         self.db = UsageDatabase(self.dsn)
+        # Ready means able to bill: wait (boundedly, a stop signal ends it)
+        # for the database and its schema before taking events.
+        await self.db.pool(wait_s=DEPENDENCY_WAIT_S)
         own_live = self._live is None
         live = self._live or LiveConfig(self.cfg, managed=True)
         self.spend = SpendPublisher(self.db, live, refresh_s=self._spend_refresh_s,

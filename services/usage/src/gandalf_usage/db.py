@@ -53,15 +53,18 @@ class UsageDatabase:
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
 
-    async def pool(self) -> asyncpg.Pool:
+    async def pool(self, wait_s: float = 2.0) -> asyncpg.Pool:
         """The pool, created (after migrating) on first use; raises while the
         database is unreachable, and the caller retries."""
         if self._pool is not None:
             return self._pool
         async with self._lock:
             if self._pool is None:
-                await migrate(self.dsn)  # advisory-locked: safe beside the admin service
+                # Advisory-locked: safe beside the admin service. No long wait:
+                # the consumer retries, with its events safe in the stream.
+                await migrate(self.dsn, wait_s=wait_s)
                 self._pool = await connect_pool(self.dsn, min_size=1, max_size=self.max_size,
+                                                wait_s=wait_s,
                                                 command_timeout=COMMAND_TIMEOUT_S, timeout=5)
         return self._pool
 
