@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import msgspec
 
@@ -87,12 +88,18 @@ def load(args: argparse.Namespace) -> GatewayConfig:
     try:
         cfg, warnings = load_config(path)
     except FileNotFoundError:
-        raise SystemExit(f"gandalf: config file not found: {path}") from None
+        _fail(f"config file not found: {path}")
     except ConfigError as exc:
-        raise SystemExit(f"gandalf: invalid config: {exc}") from None
+        _fail(f"invalid config: {exc}")
     for warning in warnings:
         print(f"gandalf: warning: {warning}", file=sys.stderr)
     return cfg
+
+
+def _fail(message: str, status: int = 2) -> NoReturn:
+    """A configuration or startup problem: one line on stderr, status 2."""
+    print(f"gandalf: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(status)
 
 
 def data_dir(args: argparse.Namespace, cfg: GatewayConfig) -> Path:
@@ -104,8 +111,8 @@ def data_dir(args: argparse.Namespace, cfg: GatewayConfig) -> Path:
 def nats_url(args: argparse.Namespace, cfg: GatewayConfig) -> str:
     url = getattr(args, "nats_url", None) or os.environ.get("GANDALF_NATS_URL") or cfg.nats.url
     if not url:
-        raise SystemExit("gandalf: nats.url is not set (or pass --nats-url); "
-                         "`gandalf up` starts an embedded NATS for you")
+        _fail("nats.url is not set (or pass --nats-url); "
+              "`gandalf up` starts an embedded NATS for you")
     return url
 
 
@@ -121,7 +128,7 @@ def admin_key_sha256(cfg: GatewayConfig) -> str:
     if not key:
         return ""
     if not key.startswith("gnd_"):
-        raise SystemExit("gandalf: GANDALF_ADMIN_KEY must start with gnd_")
+        _fail("GANDALF_ADMIN_KEY must start with gnd_")
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -161,7 +168,17 @@ def _run_node(args: argparse.Namespace, cfg: GatewayConfig, *, ingress: bool, ro
         from gandalf_ingress.app import IngressService
 
         fd = getattr(args, "fd", -1)
-        sock = socket.socket(fileno=fd) if fd >= 0 else None
+        if fd >= 0:
+            sock = socket.socket(fileno=fd)
+        else:
+            # Bound here, before anything starts: a taken port is a startup
+            # error of one line, not a server that connects and then dies.
+            from .listen import bind_socket
+
+            try:
+                sock = bind_socket(cfg.server.addr)
+            except OSError as exc:
+                _fail(f"cannot listen on {cfg.server.addr}: {exc.strerror or exc}")
         http = IngressService(cfg, admin_key_sha256=admin_key_sha256(cfg), sock=sock,
                               live=live)
     run = install_uvloop()

@@ -29,8 +29,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import GatewayConfig
-from .embedded import AlreadyRunningError, EmbeddedNats, EmbeddedPostgres, StateDirLock
+from .embedded import (
+    AlreadyRunningError,
+    EmbeddedNats,
+    EmbeddedPostgres,
+    EmbeddedServerError,
+    StateDirLock,
+)
 from .lifeline import PARENT_ENV, PgWatchdog
+from .startup import StartupError
 from .statefile import clear_runtime, write_runtime
 
 
@@ -64,7 +71,7 @@ def _admin_key(cfg: GatewayConfig, state: Path) -> str:
     key = os.environ.get("GANDALF_ADMIN_KEY", "") or cfg.auth.admin_key
     if key:
         if not key.startswith("gnd_"):
-            raise SystemExit("gandalf: GANDALF_ADMIN_KEY must start with gnd_")
+            raise StartupError("GANDALF_ADMIN_KEY must start with gnd_")
         return hashlib.sha256(key.encode()).hexdigest()
     if cfg.keys:
         return ""
@@ -125,6 +132,15 @@ def _ready(host: str, port: int) -> bool:
         return False
 
 
+def _embedded(start: Callable[[], str]) -> str:
+    """Start an embedded server; its failure is a startup error (one line)."""
+    try:
+        return start()
+    except (EmbeddedServerError, OSError, subprocess.SubprocessError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StartupError(f"cannot start an embedded server: {first}") from None
+
+
 class _Stop:
     """SIGTERM/SIGINT seen: every wait of the launcher checks it."""
 
@@ -149,7 +165,7 @@ def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
     try:
         lock.acquire()
     except AlreadyRunningError as exc:
-        raise SystemExit(f"gandalf: {exc}") from None
+        raise StartupError(str(exc)) from None
 
     stopping = _Stop()
     addr = getattr(args, "addr", None) or cfg.server.addr
@@ -160,17 +176,24 @@ def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
     ready = False
     try:
         digest = _admin_key(cfg, state)
+        from .listen import bind_socket
+
+        # First: a taken port should not cost a PostgreSQL start to learn.
+        try:
+            sock = bind_socket(addr)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
         nats_url = getattr(args, "nats_url", None) or cfg.nats.url
         if not nats_url:
             nats = EmbeddedNats(state, max_payload=cfg.nats.max_payload, die_with_parent=True)
-            nats_url = nats.start()
+            nats_url = _embedded(nats.start)
             _say(f"embedded NATS with JetStream at {nats_url} (data in {state / 'nats'})")
         db_url = cfg.database.url
         if not db_url and not stopping():
             pg = EmbeddedPostgres(state)
             # A server left running by a gandalf up that was killed is
             # adopted here (and stopped by us at the end).
-            db_url = pg.start()
+            db_url = _embedded(pg.start)
             watchdog = PgWatchdog(pg.pgdata)
             watchdog.start()
             _say(f"embedded PostgreSQL started (data in {state / 'pg'})")
@@ -178,12 +201,6 @@ def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
             raise SystemExit("gandalf: stopped before the gateway was ready")
         write_runtime(state, nats_url=nats_url, database_url=db_url)
 
-        from .listen import bind_socket
-
-        try:
-            sock = bind_socket(addr)
-        except OSError as exc:
-            raise SystemExit(f"gandalf: cannot listen on {addr}: {exc.strerror or exc}") from None
         count = args.processes or cfg.server.processes or min(os.cpu_count() or 1, 4)
         from .crypto import ENV_KEY
 
