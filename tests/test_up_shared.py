@@ -29,10 +29,11 @@ pytestmark = pytest.mark.slow
 
 
 class UpGateway:
-    def __init__(self, url: str, proc: subprocess.Popen[str], log: Path) -> None:
+    def __init__(self, url: str, proc: subprocess.Popen[str], log: Path, state: Path) -> None:
         self.url = url
         self.proc = proc
         self.log = log
+        self.state = state
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ coalescing: {{enabled: false}}
             pytest.fail("gandalf up did not start:\n" + log.read_text())
         time.sleep(0.2)
     assert "embedded Valkey" in log.read_text()
-    yield UpGateway(f"http://127.0.0.1:{port}", proc, log)
+    yield UpGateway(f"http://127.0.0.1:{port}", proc, log, tmp / "state")
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=30)
@@ -159,3 +160,31 @@ def test_exact_cache_hits_whatever_process_answers(up2: UpGateway, upstream: Any
         assert again.json()["id"] == first.json()["id"]
     calls = [r for r in upstream.requests if b"cache across processes" in r.raw_body]
     assert len(calls) == 1, calls
+
+
+def test_the_embedded_bus_needs_the_gateways_credentials(up2: UpGateway) -> None:
+    """Another local process cannot use the bus: no login, no connection."""
+    import nats
+    from nats.errors import Error as NatsError
+
+    from gandalf_common.statefile import read_runtime
+
+    runtime = read_runtime(up2.state)
+    assert runtime is not None and "@127.0.0.1:" in runtime.nats_url
+    password = (up2.state / "nats-password").read_text().strip()
+    assert password not in up2.log.read_text()
+    for secret in ("nats-password", "nats.conf", "runtime.json"):
+        assert (up2.state / secret).stat().st_mode & 0o077 == 0, secret
+    anonymous = "nats://" + runtime.nats_url.rsplit("@", 1)[1]
+
+    async def attempt(url: str) -> bool:
+        try:
+            nc = await asyncio.wait_for(nats.connect(url, allow_reconnect=False,
+                                                     connect_timeout=2), 5)
+        except (NatsError, OSError, TimeoutError):
+            return False
+        await nc.close()
+        return True
+
+    assert asyncio.run(attempt(runtime.nats_url))
+    assert not asyncio.run(attempt(anonymous))

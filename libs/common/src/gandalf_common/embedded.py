@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 _LOG_TAIL_LINES = 40
+#: The one NATS user of an embedded server started with a password.
+NATS_USER = "gandalf"
 _DEFAULT_MAX_PENDING = 64 * 1024 * 1024  # nats-server default; max_payload may not exceed it
 
 
@@ -95,11 +97,14 @@ class EmbeddedNats:
 
     def __init__(
         self, data_dir: Path, *, port: int = 0, max_payload: int = 8 * 1024 * 1024,
-        die_with_parent: bool = False,
+        die_with_parent: bool = False, password: str = "",
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
         self.max_payload = max_payload
+        #: With a password, clients must log in as user ``gandalf`` (the URL
+        #: carries it): another local process cannot read or write the bus.
+        self.password = password
         #: SIGTERM the server when the thread that started it dies (even by
         #: SIGKILL): `gandalf up` must not leave it behind.
         self.die_with_parent = die_with_parent
@@ -112,8 +117,16 @@ class EmbeddedNats:
 
     @property
     def url(self) -> str:
+        """The client URL, with the credentials when there are any (a secret:
+        log :attr:`address` instead)."""
         if not self.port:
             raise EmbeddedServerError("EmbeddedNats has no port yet; call start() first")
+        login = f"{NATS_USER}:{self.password}@" if self.password else ""
+        return f"nats://{login}127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        """The URL without credentials, for messages."""
         return f"nats://127.0.0.1:{self.port}"
 
     @property
@@ -136,7 +149,14 @@ class EmbeddedNats:
         ]
         if self.max_payload > _DEFAULT_MAX_PENDING:
             lines.append(f"max_pending: {self.max_payload * 2}")
-        conf.write_text("\n".join(lines) + "\n")
+        if self.password:
+            lines.append(f"authorization {{ user: {json.dumps(NATS_USER)}, "
+                         f"password: {json.dumps(self.password)} }}")
+        # 0600 before anything is written: it may hold the password.
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        os.chmod(conf, 0o600)
         return conf
 
     def start(self, timeout: float = 10.0) -> str:

@@ -10,6 +10,8 @@ reconnect to the same addresses and nothing needs to be told.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import subprocess
 import time
 from collections.abc import Callable
@@ -86,12 +88,17 @@ class EmbeddedServers:
         self._watched: list[_Watched] = []
 
     def start_nats(self, max_payload: int) -> str:
+        """Start NATS with a password (kept 0600 in the state directory):
+        only the gateway's own processes may use the bus. Returns the URL
+        with the credentials."""
         self.nats = nats = EmbeddedNats(self.state, max_payload=max_payload,
-                                        die_with_parent=True)
+                                        die_with_parent=True,
+                                        password=_secret_file(self.state / "nats-password"))
         url = _started(nats.start)
         self._watched.append(_Watched("NATS", lambda: nats.pid is not None, nats.restart,
                                       self.say))
-        self.say(f"embedded NATS with JetStream at {url} (data in {self.state / 'nats'})")
+        self.say(f"embedded NATS with JetStream at {nats.address} (password in "
+                 f"{self.state / 'nats-password'}; data in {self.state / 'nats'})")
         return url
 
     def start_postgres(self) -> str:
@@ -130,6 +137,17 @@ class EmbeddedServers:
             self._watchdog.stop()
         if self.nats is not None:
             self.nats.stop()
+
+
+def _secret_file(path: Path) -> str:
+    """A random secret kept in ``path`` (0600), made on first use."""
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value
 
 
 def _started(start: Callable[[], str]) -> str:
