@@ -8,10 +8,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from gandalf_common.cli import _honour_stop_signals
 from gandalf_common.launcher import public_url
 
 GANDALF = [sys.executable, "-m", "gandalf_common.cli"]
@@ -45,13 +47,32 @@ def test_global_flags_before_the_command_are_honoured(tmp_path: Path) -> None:
                       "routes:\n  - {model_alias: m, targets: [{provider: openai, model: x}]}\n")
     proc = subprocess.Popen([*GANDALF, "--nats-url", "nats://127.0.0.1:3", "--config",
                              str(config), "router"], stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    timer = threading.Timer(30, proc.kill)
+    timer.start()
     try:
-        proc.wait(timeout=1.5)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
+        first = proc.stderr.readline()  # said at the first failed attempt
+    finally:
+        timer.cancel()
+    assert "waiting" in first and "127.0.0.1:3 " in first, first  # the global flag was used
+    proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=15)
-    assert proc.returncode != 0
-    assert "127.0.0.1:3 " in err, err  # the flag given before `router` was used
+    assert proc.returncode == 1, first + err
+    assert "stopped before it was ready" in err, err
+
+
+def test_ignored_stop_signals_are_not_inherited() -> None:
+    """`gandalf up &` in a script starts with SIGINT ignored; it must still stop."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for sig in before:
+            signal.signal(sig, signal.SIG_IGN)
+        _honour_stop_signals()
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def test_global_flags_the_billing_tools_do_not_take_are_refused() -> None:

@@ -220,9 +220,16 @@ def test_next_up_adopts_and_stops_a_postgres_left_running(tmp_path: Path,
         assert watchdogs
         for pid in watchdogs:
             os.kill(pid, signal.SIGKILL)
+        postmaster = int((state / "pg" / "postmaster.pid").read_text().split()[0])
+        others = _children_of(first.pid) - {postmaster}
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
-        time.sleep(1.0)
+        # The gateway processes drain and exit (they hold the port); only
+        # PostgreSQL, its watchdog killed, stays.
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in others) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in others if _alive(p)]
         postmaster = int((state / "pg" / "postmaster.pid").read_text().split()[0])
         assert _alive(postmaster)  # left behind, as after a crash of everything
     finally:

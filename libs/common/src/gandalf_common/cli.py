@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -186,7 +187,17 @@ def _run_node(args: argparse.Namespace, cfg: GatewayConfig, *, ingress: bool, ro
                      shutdown_timeout=cfg.server.shutdown_timeout or 30.0))
 
 
+def _honour_stop_signals() -> None:
+    """A shell starts background jobs with SIGINT ignored, and a supervisor
+    may hand down an ignored SIGTERM; a server must still stop when told."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
+                          else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> None:
+    _honour_stop_signals()
     raw = _normalize(sys.argv[1:] if argv is None else argv)
     tool = _usage_tool(raw)
     if tool is not None:

@@ -52,6 +52,26 @@ async def open_bucket(nc: NATS, bucket: str, *, wait: float) -> KeyValue:
             await asyncio.sleep(0.2)
 
 
+async def watch_all(kv: KeyValue) -> tuple[Any, int]:
+    """A watcher over every key (deletes included) and the stream sequence at
+    which its initial values are all in (0: the bucket is empty).
+
+    nats-py's own end-of-initial-values marker cannot be trusted: it is
+    decided from consumer info, which reports nothing pending once the server
+    has pushed every message, even while they still sit unread in the client;
+    under load a full bucket then looks empty. The last sequence is read first,
+    so every initial value has a revision at or below it.
+    """
+    state = (await kv.status()).stream_info.state
+    last = state.last_seq if state.messages else 0
+    return await kv.watchall(), last
+
+
+def is_entry(item: Any) -> bool:
+    """False for nats-py's end-of-initial-values marker (see :func:`watch_all`)."""
+    return item is not None
+
+
 class KVMirror(Generic[T]):
     """``bucket`` mirrored into ``self.entries`` (KV key -> decoded value)."""
 
@@ -63,39 +83,46 @@ class KVMirror(Generic[T]):
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
         self._watcher: Any = None
+        self._initial_last = 0
 
     def on_change(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
     async def start(self, nc: NATS, *, wait: float = 30.0) -> None:
         kv = await open_bucket(nc, self.bucket, wait=wait)
-        self._watcher = await kv.watchall()
+        self._watcher, self._initial_last = await watch_all(kv)
+        if not self._initial_last:
+            self.loaded.set()
         self._task = asyncio.create_task(self._run(), name=f"kv-mirror-{self.bucket}")
         await self.loaded.wait()
 
     async def _run(self) -> None:
         async for entry in self._watcher:
-            if entry is None:  # the initial values are all in
-                self.loaded.set()
+            if not is_entry(entry):
                 continue
-            key = entry.key
-            if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                value = None
-                self.entries.pop(key, None)
-            else:
-                try:
-                    value = self._decode(key, entry.value)
-                except Exception:  # one bad entry must not stop the mirror
-                    log.exception("kv %s: cannot decode %s; ignored", self.bucket, key)
-                    continue
-                if value is None:
-                    continue
-                self.entries[key] = value
-            for listener in self._listeners:
-                try:
-                    listener(key, value)
-                except Exception:  # a listener bug must not stop the mirror
-                    log.exception("kv %s: listener failed on %s", self.bucket, key)
+            self._apply(entry)
+            if not self.loaded.is_set() and entry.revision >= self._initial_last:
+                self.loaded.set()  # the initial values are all in
+
+    def _apply(self, entry: Any) -> None:
+        key = entry.key
+        value: T | None = None
+        if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+            self.entries.pop(key, None)
+        else:
+            try:
+                value = self._decode(key, entry.value)
+            except Exception:  # one bad entry must not stop the mirror
+                log.exception("kv %s: cannot decode %s; ignored", self.bucket, key)
+                return
+            if value is None:
+                return
+            self.entries[key] = value
+        for listener in self._listeners:
+            try:
+                listener(key, value)
+            except Exception:  # a listener bug must not stop the mirror
+                log.exception("kv %s: listener failed on %s", self.bucket, key)
 
     async def stop(self) -> None:
         if self._watcher is not None:

@@ -53,7 +53,7 @@ async def retry_until(name: str, attempt: Callable[[], Awaitable[T]], *,
     ``wait_s`` raise :class:`DependencyUnavailableError` with the last reason.
     Cancellation (a stop signal) ends the wait at once."""
     deadline = time.monotonic() + wait_s
-    next_log = time.monotonic() + _LOG_EVERY_S
+    next_log = time.monotonic()  # the first failure is said at once
     while True:
         try:
             result = await attempt()

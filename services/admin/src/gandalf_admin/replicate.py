@@ -19,8 +19,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from gandalf_common.kv import is_entry, watch_all
 from gandalf_common.records import (
     CONFIG_BUCKET,
     JWT_KEY,
@@ -152,17 +153,21 @@ def decode_entry(key: str, raw: bytes, *, keys_bucket: bool) -> object:
 
 async def snapshot(kv: KeyValue) -> dict[str, bytes]:
     """Every live entry of a bucket (latest value per key)."""
-    watcher = await kv.watchall(ignore_deletes=True)
+    watcher, last = await watch_all(kv)
     out: dict[str, bytes] = {}
     try:
-        while True:
-            entry = await watcher.updates(timeout=SNAPSHOT_TIMEOUT_S)
-            if entry is None:  # the initial values are all in
-                return out
-            if entry.value:
-                out[entry.key] = entry.value
-            else:
-                out.pop(entry.key, None)
+        async with asyncio.timeout(SNAPSHOT_TIMEOUT_S):
+            while last:
+                entry = await watcher.updates(timeout=SNAPSHOT_TIMEOUT_S)
+                if not is_entry(entry):
+                    continue
+                if entry.value and entry.operation not in (KV_DEL, KV_PURGE):
+                    out[entry.key] = entry.value
+                else:
+                    out.pop(entry.key, None)
+                if entry.revision >= last:
+                    break
+        return out
     finally:
         with contextlib.suppress(Exception):
             await watcher.stop()
