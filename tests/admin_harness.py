@@ -27,6 +27,7 @@ from gandalf_admin.app import AdminService
 from gandalf_admin.replicate import snapshot
 from gandalf_common import contract
 from gandalf_common.bus import connect
+from gandalf_common.callersig import CallerSigner, call_admin, load_bus_secret
 from gandalf_common.config import GatewayConfig
 from gandalf_common.contract import AdminRequest, AdminResponse, Caller
 from gandalf_common.crypto import SecretBox, generate_key, parse_key
@@ -70,8 +71,10 @@ class AdminClient:
     async def request(self, method: str, path: str, *, body: Any = None, query: str = "",
                       caller: Caller = GLOBAL_ADMIN, timeout: float = 10.0) -> AdminResponse:
         req = _admin_request(method, path, body, query, caller)
-        msg = await self.nc.request(self.subject, contract.encode(req), timeout=timeout)
-        return contract.admin_response_decoder.decode(msg.data)
+        # Signed as the ingress signs: the admin refuses unsigned calls.
+        signer = CallerSigner(load_bus_secret(required=True) or b"")
+        answer = await call_admin(self.nc, self.subject, req, signer, timeout)
+        return contract.admin_response_decoder.decode(answer)
 
     async def direct(self, method: str, path: str, *, body: Any = None, query: str = "",
                      caller: Caller = GLOBAL_ADMIN) -> AdminResponse:

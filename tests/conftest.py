@@ -33,6 +33,10 @@ import pytest_asyncio
 from gandalf_common.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis
 from gandalf_common.probe import probe_async
 
+#: Admin calls are signed with it (ingress -> admin); every service the tests
+#: start, in process or as a subprocess, shares this one.
+os.environ.setdefault("GANDALF_BUS_SECRET", "test-bus-secret-" + "0" * 32)
+
 SYSTEM_NATS_URL = "nats://127.0.0.1:4222"
 SYSTEM_PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SYSTEM_REDIS_URL = "redis://127.0.0.1:6379/0"

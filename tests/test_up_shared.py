@@ -188,3 +188,31 @@ def test_the_embedded_bus_needs_the_gateways_credentials(up2: UpGateway) -> None
 
     assert asyncio.run(attempt(runtime.nats_url))
     assert not asyncio.run(attempt(anonymous))
+
+
+def test_a_process_on_the_bus_cannot_claim_to_be_an_admin(up2: UpGateway) -> None:
+    """With the bus credentials but not the bus secret, a forged
+    ``Caller(auth="admin_key")`` on ``gandalf.admin.http`` gets nothing."""
+    import nats
+
+    from gandalf_common import contract
+    from gandalf_common.statefile import read_runtime
+
+    runtime = read_runtime(up2.state)
+    assert runtime is not None
+    assert (up2.state / "bus-secret").stat().st_mode & 0o077 == 0
+    forged = contract.AdminRequest(
+        request_id="forged-1", method="GET", path="/admin/v1/keys",
+        caller=contract.Caller(role="admin", auth="admin_key"))
+
+    async def ask() -> contract.AdminResponse:
+        nc = await nats.connect(runtime.nats_url, allow_reconnect=False)
+        try:
+            msg = await nc.request(contract.ADMIN_HTTP, contract.encode(forged), timeout=10)
+        finally:
+            await nc.close()
+        return contract.admin_response_decoder.decode(msg.data)
+
+    answer = asyncio.run(ask())
+    assert answer.status == 401, answer
+    assert b"gnd_" not in answer.body and b'"data"' not in answer.body

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -18,6 +19,7 @@ from typing import NoReturn
 import msgspec
 
 from . import __version__
+from .callersig import BUS_SECRET_ENV, load_bus_secret
 from .config import ConfigError, GatewayConfig, load_config
 from .crypto import SecretError
 from .startup import NotReadyError, StartupError
@@ -141,6 +143,11 @@ def _run_node(args: argparse.Namespace, cfg: GatewayConfig, *, ingress: bool, ro
     from .live import LiveConfig, LiveService
 
     url = nats_url(args, cfg)
+    if aux and ingress and not os.environ.get(BUS_SECRET_ENV):
+        # Ingress and admin in this one process: a secret of its own will do.
+        os.environ[BUS_SECRET_ENV] = secrets.token_urlsafe(32)
+    if aux:
+        load_bus_secret(required=True)  # before any wait: a startup error of one line
     services: list[BusService] = []
     http: HttpService | None = None
     if aux:
@@ -253,6 +260,7 @@ def _dispatch(args: argparse.Namespace, cfg: GatewayConfig) -> None:
     elif command == "admin":
         from gandalf_admin.app import AdminService
 
+        load_bus_secret(required=True)  # before any wait: a startup error of one line
         _run_single(args, cfg, AdminService(cfg, cfg.database.url))
 
 

@@ -388,6 +388,11 @@ class AdminRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
     query: str = ""
     body: bytes = b""
     caller: Caller
+    #: Unix time of signing and the HMAC of everything above plus the reply
+    #: subject (see ``callersig``): a process that can publish on the bus
+    #: but lacks the bus secret cannot claim to be an admin.
+    signed_at: float = 0.0
+    signature: str = ""
 
 
 class AdminResponse(Struct, frozen=True, kw_only=True, omit_defaults=True):

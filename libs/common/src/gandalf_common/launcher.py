@@ -28,10 +28,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .callersig import BUS_SECRET_ENV
 from .config import GatewayConfig
 from .embedded import AlreadyRunningError, StateDirLock
 from .lifeline import PARENT_ENV
-from .servers import EmbeddedServers
+from .servers import EmbeddedServers, secret_file
 from .startup import StartupError
 from .statefile import clear_runtime, write_runtime
 
@@ -189,6 +190,8 @@ def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
         env = dict(os.environ, GANDALF_NATS_URL=nats_url, GANDALF_MANAGED="1")
         env[ENV_KEY] = _encryption_key(state)
         env[PARENT_ENV] = str(os.getpid())
+        # Signs admin calls between the processes' ingress and the admin service.
+        env[BUS_SECRET_ENV] = os.environ.get(BUS_SECRET_ENV) or secret_file(state / "bus-secret")
         if redis_url:
             env["GANDALF_REDIS_URL"] = redis_url
         if digest:

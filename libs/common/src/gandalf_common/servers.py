@@ -93,7 +93,7 @@ class EmbeddedServers:
         with the credentials."""
         self.nats = nats = EmbeddedNats(self.state, max_payload=max_payload,
                                         die_with_parent=True,
-                                        password=_secret_file(self.state / "nats-password"))
+                                        password=secret_file(self.state / "nats-password"))
         url = _started(nats.start)
         self._watched.append(_Watched("NATS", lambda: nats.pid is not None, nats.restart,
                                       self.say))
@@ -139,7 +139,7 @@ class EmbeddedServers:
             self.nats.stop()
 
 
-def _secret_file(path: Path) -> str:
+def secret_file(path: Path) -> str:
     """A random secret kept in ``path`` (0600), made on first use."""
     if path.exists():
         return path.read_text().strip()

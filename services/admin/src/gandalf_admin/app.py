@@ -21,6 +21,7 @@ from nats.js.kv import KeyValue
 
 from gandalf_common import contract
 from gandalf_common.bus import ENVELOPE_RESERVE, serve_pings, unsubscribe_all
+from gandalf_common.callersig import CallerSigner, load_bus_secret
 from gandalf_common.config import GatewayConfig
 from gandalf_common.contract import AdminRequest, AdminResponse, Pong, encode
 from gandalf_common.crypto import SecretBox, SecretError
@@ -57,8 +58,10 @@ async def open_buckets(nc: NATS, keys_bucket: str, config_bucket: str
 class AdminService:
     def __init__(self, cfg: GatewayConfig, dsn: str, *, box: SecretBox | None = None,
                  subject: str = contract.ADMIN_HTTP, keys_bucket: str = KEYS_BUCKET,
-                 config_bucket: str = CONFIG_BUCKET) -> None:
-        """``box`` defaults to ``SecretBox.from_env()``; ``subject`` and the
+                 config_bucket: str = CONFIG_BUCKET, signer: CallerSigner | None = None
+                 ) -> None:
+        """``signer`` defaults to one keyed with ``GANDALF_BUS_SECRET``; ``box``
+        defaults to ``SecretBox.from_env()``; ``subject`` and the
         bucket names exist so tests can run beside other admin services."""
         self.cfg = cfg
         self.dsn = dsn
@@ -72,9 +75,14 @@ class AdminService:
         self.repl: Replicator | None = None
         self.deps: Deps | None = None
         self._nc: NATS | None = None
+        self._signer = signer
 
     async def start(self, nc: NATS) -> None:
         self._nc = nc
+        if self._signer is None:
+            secret = load_bus_secret(required=True)
+            assert secret is not None
+            self._signer = CallerSigner(secret)
         pong = encode(Pong(service="admin", pid=os.getpid()))
         if not self.dsn:
             log.warning("no database configured (database.url): the admin API answers 503")
@@ -135,7 +143,16 @@ class AdminService:
             response = error_response(ApiError(400, "malformed admin request",
                                                code="invalid_request"))
         else:
-            response = await self.handle(request)
+            refused = self._signer.verify(request, msg.reply) if self._signer else "no bus secret"
+            if refused is None:
+                response = await self.handle(request)
+            else:
+                # Whoever sent it can publish on the bus but is not the ingress.
+                # %r: these came off the bus unauthenticated; no log forging.
+                log.warning("admin call refused: %s (request %r, %r %r)", refused,
+                            request.request_id, request.method, request.path)
+                response = error_response(ApiError(401, f"admin call refused: {refused}",
+                                                   code="unauthenticated"))
         if msg.reply and self._nc is not None:
             await self._nc.publish(msg.reply, encode(response))
 
