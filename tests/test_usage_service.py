@@ -222,6 +222,56 @@ async def test_redelivery_after_commit_without_ack(
     assert metric("gandalf_usage_rows_written_total") == written
 
 
+async def test_a_dead_replicas_batch_comes_back_within_the_default_ack_wait(
+        nc: NATS, pool: asyncpg.Pool, fresh_pg_dsn: str, services: Services) -> None:
+    """With the default options a killed consumer delays rows by seconds, not 30 s."""
+    options = ConsumerOptions(max_wait_s=0.1)
+    assert options.ack_wait_s <= 5.0
+    fetched = asyncio.Event()
+
+    async def crash_before_ack(msgs: Sequence[Msg]) -> None:
+        fetched.set()
+        await asyncio.Event().wait()
+
+    await publish(nc.jetstream(), make_events(50))
+    doomed = await services.start(fresh_pg_dsn, options=options, after_commit=crash_before_ack)
+    await asyncio.wait_for(fetched.wait(), 10)
+    await services.kill(doomed)
+    killed = time.monotonic()
+    redelivered = metric("gandalf_usage_redeliveries_total")
+    await services.start(fresh_pg_dsn, options=options)
+    while metric("gandalf_usage_redeliveries_total") - redelivered < 50:
+        assert time.monotonic() - killed < options.ack_wait_s + 3, "batch not redelivered"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_slow_write_holds_its_batch(
+        nc: NATS, pool: asyncpg.Pool, fresh_pg_dsn: str, services: Services) -> None:
+    """A write that takes several ack_waits (the table locked by someone
+    else) is not redelivered behind its back: in_progress holds the batch."""
+    options = ConsumerOptions(max_wait_s=0.1, ack_wait_s=1.0)
+    await services.start(fresh_pg_dsn, options=options)
+    await services.start(fresh_pg_dsn, options=options)  # would take a batch let go
+    locker = await asyncpg.connect(fresh_pg_dsn)
+    try:
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute("LOCK TABLE usage_records IN ACCESS EXCLUSIVE MODE")
+        redelivered = metric("gandalf_usage_redeliveries_total")
+        events = make_events(40)
+        await publish(nc.jetstream(), events)
+        await asyncio.sleep(3.5)  # the write waits on the lock for 3+ ack_waits
+        await tx.rollback()
+    finally:
+        await locker.close()
+    await wait_written(nc, pool, 40)
+    await asyncio.sleep(0.5)  # the acks
+    info = await nc.jetstream().consumer_info(USAGE_STREAM, USAGE_DURABLE)
+    assert info.num_ack_pending == 0
+    assert metric("gandalf_usage_redeliveries_total") == redelivered
+    await assert_exactly_once(pool, [e.request_id for e in events])
+
+
 async def test_two_replicas_share_the_durable(
         nc: NATS, pool: asyncpg.Pool, fresh_pg_dsn: str, services: Services) -> None:
     seen: list[dict[str, int]] = [{}, {}]

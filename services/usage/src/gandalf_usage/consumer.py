@@ -49,8 +49,10 @@ class ConsumerOptions:
     batch_size: int = 500
     #: Longest wait for a batch to fill (the latency a lone event can get).
     max_wait_s: float = 0.25
-    #: Un-acked messages are redelivered after this long.
-    ack_wait_s: float = 30.0
+    #: Un-acked messages are redelivered after this long: the delay a dead
+    #: replica's batch adds. A live replica holds its batch with in_progress
+    #: every third of it, however long the write takes.
+    ack_wait_s: float = 5.0
     #: Messages delivered and not yet acked, over every replica.
     max_ack_pending: int = 10_000
     max_backoff_s: float = 10.0
@@ -228,10 +230,16 @@ class UsageConsumer:
 
     async def _write_retrying(self, events: list[UsageEvent], msgs: list[Msg]) -> WriteResult:
         """Write until it works (or the database refuses the values)."""
+        keepalive = asyncio.create_task(_hold(msgs, self.options.ack_wait_s / 3))
+        try:
+            return await self._write_until_it_works(events)
+        finally:
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keepalive
+
+    async def _write_until_it_works(self, events: list[UsageEvent]) -> WriteResult:
         delay = 0.1
-        # Tell JetStream we are still on it well before ack_wait runs out.
-        keepalive = self.options.ack_wait_s / 3
-        last_keepalive = time.monotonic()
         while True:
             try:
                 result = await self.db.write(events)
@@ -243,18 +251,23 @@ class UsageConsumer:
                     self._db_failing_since = time.monotonic()
                     log.warning("usage: cannot write to the database (%r); events wait in "
                                 "JetStream, retrying with backoff", exc)
-                await asyncio.sleep(min(delay, keepalive))
+                await asyncio.sleep(delay)
                 delay = min(delay * 2, self.options.max_backoff_s)
-                if time.monotonic() - last_keepalive >= keepalive:
-                    last_keepalive = time.monotonic()
-                    for msg in msgs:
-                        await _settle(msg.in_progress)
                 continue
             if self._db_failing_since is not None:
                 log.info("usage: database writes work again (after %.1fs)",
                          time.monotonic() - self._db_failing_since)
                 self._db_failing_since = None
             return result
+
+
+async def _hold(msgs: list[Msg], every: float) -> None:
+    """Tell JetStream the batch is still being worked on, well before
+    ack_wait runs out, for as long as its write takes (slow or failing)."""
+    while True:
+        await asyncio.sleep(every)
+        for msg in msgs:
+            await _settle(msg.in_progress)
 
 
 async def _settle(action: Callable[[], Awaitable[None]]) -> None:
