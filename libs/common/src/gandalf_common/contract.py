@@ -355,7 +355,12 @@ class ErrorReply(Struct, frozen=True, kw_only=True, tag_field="t", tag="error"):
     retry_after: float = 0.0
 
 
-ReplyMsg = Head | Chunk | End | Complete | ErrorReply
+class Alive(Struct, frozen=True, kw_only=True, tag_field="t", tag="alive"):
+    """router/worker -> ingress inbox, every ``liveness.HEARTBEAT_S`` while
+    it holds the request: silence means the process handling it died."""
+
+
+ReplyMsg = Head | Chunk | End | Complete | ErrorReply | Alive
 
 
 class Cancel(Struct, frozen=True, kw_only=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
 
 from nats.aio.client import Client as NATS
@@ -14,6 +15,7 @@ from nats.nuid import NUID
 
 from gandalf_common import contract
 from gandalf_common.contract import ErrorReply, ReplyMsg, reply_decoder
+from gandalf_common.liveness import ALIVE, LIVENESS_S
 
 #: Messages buffered for one request before we give up on a slow client.
 MAX_PENDING = 4096
@@ -24,20 +26,32 @@ BUS_LOST = ErrorReply(status=503, code="bus_disconnected", type="api_error",
                       message="the gateway lost its message bus during the request; retry")
 OVERFLOW = ErrorReply(status=503, code="reply_overflow", type="api_error",
                       message="client too slow: response buffer exceeded")
+#: Nothing from the router or worker holding the request, not even a
+#: heartbeat, for LIVENESS_S: that process died (an upstream-side failure).
+HANDLER_LOST = ErrorReply(status=502, code="handler_lost", type="api_error", retry_after=1,
+                          message="the gateway process handling this request stopped "
+                                  "answering; retry")
 
 
 class ReplySlot:
     """Messages for one request, in arrival order."""
 
-    __slots__ = ("_items", "_waiter", "subject", "token")
+    __slots__ = ("_items", "_waiter", "heard", "liveness", "subject", "token")
 
-    def __init__(self, token: str, subject: str) -> None:
+    def __init__(self, token: str, subject: str, liveness: float = LIVENESS_S) -> None:
         self.token = token
         self.subject = subject
         self._items: deque[ReplyMsg] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        #: When the request's handler last said anything (monotonic).
+        self.heard = time.monotonic()
+        self.liveness = liveness
+
+    def alive(self) -> None:
+        self.heard = time.monotonic()
 
     def push(self, item: ReplyMsg) -> None:
+        self.heard = time.monotonic()
         if len(self._items) >= MAX_PENDING:
             self._items.clear()
             item = OVERFLOW
@@ -47,18 +61,26 @@ class ReplySlot:
             waiter.set_result(None)
 
     async def get(self, timeout: float) -> ReplyMsg | None:
-        """Next message, or ``None`` after ``timeout`` seconds of silence."""
-        if not self._items:
-            loop = asyncio.get_running_loop()
+        """Next message, or ``None`` after ``timeout`` seconds of silence, or
+        :data:`HANDLER_LOST` once the handler has been silent for ``liveness``
+        (heartbeats included)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        while not self._items:
+            now = time.monotonic()
+            lost_in = self.heard + self.liveness - now
+            if lost_in <= 0:
+                return HANDLER_LOST
+            left = until - loop.time()
+            if left <= 0:
+                return None
             self._waiter = loop.create_future()
-            handle = loop.call_later(timeout, _expire, self._waiter)
+            handle = loop.call_later(min(left, lost_in), _expire, self._waiter)
             try:
                 await self._waiter
             finally:
                 handle.cancel()
                 self._waiter = None
-            if not self._items:
-                return None
         return self._items.popleft()
 
 
@@ -105,6 +127,9 @@ class ReplyInbox:
         headers = msg.headers
         if headers and headers.get("Status") == "503":
             slot.push(NO_ROUTER)  # "no responders": nobody subscribed to the router subject
+            return
+        if msg.data == ALIVE:
+            slot.alive()
             return
         try:
             slot.push(reply_decoder.decode(msg.data))

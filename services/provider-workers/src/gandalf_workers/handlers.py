@@ -37,6 +37,7 @@ from gandalf_common.contract import (
     encode,
     exec_decoder,
 )
+from gandalf_common.liveness import Heartbeats
 
 from .breaker import CircuitBreaker, classify
 from .flights import Flights
@@ -80,6 +81,8 @@ class ProviderPool:
                  retry_budget: RetryBudget | None = None, max_rps: float = 0.0,
                  worker_id: str = "") -> None:
         self.nc = nc
+        #: Tells each request's ingress this worker is still on it.
+        self.heartbeats = Heartbeats(nc)
         #: This pool's name among the instance's workers (presence, direct subject).
         self.worker_id = worker_id or os.urandom(6).hex()
         self.max_rps = max_rps
@@ -163,6 +166,7 @@ class ProviderPool:
     def _spawn(self, req: ExecRequest, ctl: str, flight: str) -> None:
         task = asyncio.create_task(self._run(req, ctl, flight))
         self.inflight[req.route.request_id] = (req.attempt, task)
+        self.heartbeats.hold(req.route.request_id, req.reply_to)
         task.add_done_callback(lambda t: self._finished(t, req, ctl))
 
     @staticmethod
@@ -185,6 +189,7 @@ class ProviderPool:
         if current is not None and current[1] is task:
             del self.inflight[key]
             self._followers.discard(key)
+            self.heartbeats.release(key)
         abandoned = key in self._abandoned
         self._abandoned.discard(key)
         if not task.cancelled():

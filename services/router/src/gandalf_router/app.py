@@ -41,6 +41,7 @@ from gandalf_common.contract import (
 )
 from gandalf_common.errors import ModelNotFoundError
 from gandalf_common.live import LiveConfig
+from gandalf_common.liveness import Heartbeats
 from gandalf_common.presence import Membership
 
 from .balance import Balancer, target_key
@@ -76,6 +77,7 @@ class RouterService:
         self._open_until: dict[str, float] = {}
         #: Live workers per instance: the owners of coalescable requests.
         self.members = Membership()
+        self.heartbeats: Heartbeats | None = None
 
     @property
     def table(self) -> RouteTable:
@@ -98,6 +100,7 @@ class RouterService:
         if self._owns_live:
             await self.live.start(nc)
         self._nc = nc
+        self.heartbeats = Heartbeats(nc)
         self._subs.append(await nc.subscribe(
             contract.ROUTER_WILDCARD, queue=contract.ROUTER_QUEUE, cb=self._on_request,
             pending_msgs_limit=65536, pending_bytes_limit=256 * 1024 * 1024))
@@ -142,7 +145,15 @@ class RouterService:
         task = asyncio.create_task(self._route(req, msg.reply, deadline),
                                    name=req.request_id)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # Held (heartbeats to the ingress) until a worker has taken it over.
+        key = f"{req.request_id}\x00{id(task)}"
+        self.heartbeats.hold(key, msg.reply)  # type: ignore[union-attr]
+        task.add_done_callback(lambda t: self._done(t, key))
+
+    def _done(self, task: asyncio.Task[None], key: str) -> None:
+        self._tasks.discard(task)
+        if self.heartbeats is not None:
+            self.heartbeats.release(key)
 
     async def _route(self, req: RouteRequest, reply_to: str, deadline: float = 0.0) -> None:
         nc = self._nc
@@ -263,6 +274,8 @@ class RouterService:
             for task in pending:
                 log.warning("router: request %s still waiting at shutdown", task.get_name())
                 task.cancel()
+        if self.heartbeats is not None:
+            await self.heartbeats.close()
         if self._owns_live:
             await self.live.stop()
 
