@@ -26,6 +26,7 @@ from .admission import RateLimits
 from .auth import Authenticator, Identity
 from .budgets import Budgets
 from .caching import Caching, mark, serve_hit, usage_of
+from .holdend import release_response
 from .metrics import CLIENT_DISCONNECTS, UPSTREAM_ERRORS
 from .ratelimit import estimate_chat_tokens, estimate_embedding_tokens
 from .relay import Receive, Relay, Send, send_json_error
@@ -183,6 +184,7 @@ class ProxyEndpoint:
         held: list[tuple[str, str, float]] = []
         try:
             identity = await gw.keys.authenticate(authorization(scope))
+            gw.usage.admit()
             body = await gw.read(scope, receive, gw.max_body)
             req, coalesce = self._route_request(identity, body, request_id)
             model = req.model
@@ -254,6 +256,7 @@ class ProxyEndpoint:
         await gw.usage.finished(request_id=request_id, started=started, identity=identity,
                                 endpoint=self.op, model=req.model, stream=req.stream,
                                 status=status, outcome=outcome, body_size=len(body))
+        await release_response(scope)
         await gw.budgets.release(held)
         await gw.limits.settle(identity, decision, outcome.usage)
         if cached is not None and status == 200 and outcome.body is not None:

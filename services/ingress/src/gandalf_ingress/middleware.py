@@ -11,6 +11,7 @@ from typing import Any
 from gandalf_common.errors import error_body
 from gandalf_common.ids import uuid7
 
+from .holdend import HoldEnd
 from .metrics import ACTIVE, DURATION, REQUESTS, SHED
 
 log = logging.getLogger("gandalf.access")
@@ -124,12 +125,15 @@ class EdgeMiddleware:
                                       *state.get("headers", ())]
             await send(message)
 
+        held = HoldEnd(send_wrapped)
+        state["release_response"] = held.release
         t0 = time.perf_counter()
         ACTIVE.inc()
         method = scope["method"]
         app = self.fast.get(path) if method == "POST" else None
         try:
-            await (app or self.app)(scope, receive, send_wrapped)
+            await (app or self.app)(scope, receive, held)
+            await held.release()
         except Exception:
             log.exception("unhandled error on %s %s (request %s)", scope["method"], path,
                           request_id)
@@ -140,6 +144,7 @@ class EdgeMiddleware:
                     500, "internal server error", type="api_error", code="internal_error")})
             status = 500
         finally:
+            await held.release()
             ACTIVE.dec()
             elapsed = time.perf_counter() - t0
             self._record(method, path, status, elapsed)

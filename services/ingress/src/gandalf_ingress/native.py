@@ -30,6 +30,7 @@ from gandalf_common.errors import (
 from .auth import Identity
 from .formats import native_error_body
 from .handlers import Gateway, Scope, _ClientGone, header
+from .holdend import release_response
 from .relay import NativeRelay, Receive, Send, send_json_error
 from .usage import Outcome
 
@@ -73,6 +74,7 @@ class NativeEndpoint:
         identity: Identity | None = None
         try:
             identity = await gw.keys.authenticate(credentials(scope, self.kind))
+            gw.usage.admit()
             body = await gw.read(scope, receive, gw.max_body)
             req = self._route_request(scope, identity, body, request_id)
             gw.budgets.check(identity)
@@ -101,6 +103,7 @@ class NativeEndpoint:
                                 endpoint=f"native:{self.kind}", model=req.model,
                                 stream=req.stream, status=status, outcome=outcome,
                                 body_size=len(body))
+        await release_response(scope)
         if req.body_ref and gw.bodies is not None:
             await gw.bodies.delete(req.body_ref)
 

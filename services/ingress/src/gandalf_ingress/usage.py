@@ -22,6 +22,7 @@ from prometheus_client import Counter, Gauge
 
 from gandalf_common import contract
 from gandalf_common.contract import UsageEvent, usage_json_encode
+from gandalf_common.errors import GatewayError
 from gandalf_common.pricing import PriceBook
 from gandalf_common.usage_stream import ensure_usage_stream
 
@@ -39,9 +40,21 @@ RETRIES = Counter("gandalf_usage_publish_retries_total", "Usage publishes retrie
 QUEUED = Gauge("gandalf_usage_queue_depth", "Usage events waiting to be published",
                registry=REGISTRY)
 
+UNCONFIRMED = Counter("gandalf_usage_unconfirmed_total", "Responses whose last byte went "
+                      "out before their usage event was stored (NATS slow or down); the "
+                      "event is retried from memory", registry=REGISTRY)
+BACKLOG_REFUSALS = Counter("gandalf_usage_backlog_refusals_total", "Requests refused with "
+                           "503 because too many usage events wait in memory",
+                           registry=REGISTRY)
+
 QUEUE_SIZE = 20_000
+#: Above this many events in memory, new requests are refused (503) rather
+#: than risk events: a full queue would otherwise stall answered requests.
+BACKLOG_LIMIT = 10_000
 ACK_TIMEOUT_S = 5.0
 MAX_BACKOFF_S = 5.0
+#: Longest the last byte of a response waits for its event's ack.
+DURABLE_WAIT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -69,6 +82,8 @@ class UsagePublisher:
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
         self._backing_off = 0  # events waiting for their retry timer
+        self.backlog_limit = BACKLOG_LIMIT
+        self._publishing = 0  # taken off the queue, ack not yet in
 
     async def start(self) -> None:
         await ensure_usage_stream(self.nc)
@@ -79,11 +94,44 @@ class UsagePublisher:
         await self._queue.put((event, 0))
         QUEUED.set(self._queue.qsize())
 
+    @property
+    def backlog(self) -> int:
+        """Events held in memory, not yet stored in JetStream."""
+        return self._queue.qsize() + self._backing_off + self._publishing
+
+    def backlogged(self) -> bool:
+        return self.backlog >= self.backlog_limit
+
+    async def record_durably(self, event: UsageEvent, wait: float = DURABLE_WAIT_S) -> bool:
+        """Store the event in JetStream before returning: called before a
+        response's last byte, so a process that dies after it loses no usage.
+        False when NATS did not ack within ``wait``: the event is then retried
+        from memory like any other (a duplicate is dropped by its msg id)."""
+        if self.nc.is_connected:
+            try:
+                ack = await self.nc.jetstream().publish_async(
+                    contract.USAGE_SUBJECT, usage_json_encode(event), wait_stall=wait,
+                    headers={"Nats-Msg-Id": event.request_id})
+                await asyncio.wait_for(ack, wait)
+                EVENTS.inc()
+                return True
+            except asyncio.CancelledError:
+                self._backing_off += 1
+                self._requeue(event, 0)  # never lose it on the way out
+                raise
+            except Exception as exc:  # noqa: BLE001 - no ack in time: keep it in memory
+                log.warning("usage event %s not stored before the response ended (%s); "
+                            "retrying from memory", event.request_id, type(exc).__name__)
+        UNCONFIRMED.inc()
+        await self.record(event)
+        return False
+
     async def _run(self) -> None:
         js = self.nc.jetstream()
         while True:
             event, attempt = await self._queue.get()
             QUEUED.set(self._queue.qsize())
+            self._publishing += 1
             try:
                 ack = await js.publish_async(
                     contract.USAGE_SUBJECT, usage_json_encode(event), wait_stall=ACK_TIMEOUT_S,
@@ -102,6 +150,8 @@ class UsagePublisher:
                 asyncio.get_running_loop().call_later(
                     min(MAX_BACKOFF_S, 0.1 * 2 ** min(attempt, 6)),
                     self._requeue, event, attempt + 1)
+            finally:
+                self._publishing -= 1
 
     def _requeue(self, event: UsageEvent, attempt: int) -> None:
         self._backing_off -= 1
@@ -115,14 +165,14 @@ class UsagePublisher:
     async def stop(self, timeout: float) -> None:
         """Publish what is queued (up to ``timeout``), then stop."""
         deadline = time.monotonic() + timeout
-        while (not self._queue.empty() or self._backing_off) and time.monotonic() < deadline:
+        while self.backlog and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        left = self._queue.qsize() + self._backing_off
+        left = self.backlog
         if left:
             log.error("%d usage events could not be stored before shutdown", left)
 
@@ -141,6 +191,15 @@ class UsageRecorder:
     @property
     def enabled(self) -> bool:
         return self.publisher is not None
+
+    def admit(self) -> None:
+        """Refuse new work (503) while too many usage events wait in memory
+        (NATS slow or away): better than holding events without bound."""
+        if self.publisher is not None and self.publisher.backlogged():
+            BACKLOG_REFUSALS.inc()
+            raise GatewayError("too many usage events are waiting to be stored; retry shortly",
+                               status=503, code="usage_backlog", type="api_error",
+                               retry_after=1)
 
     async def finished(self, *, request_id: str, started: float, identity: Identity,
                        endpoint: str, model: str, stream: bool, status: int,
@@ -174,4 +233,5 @@ class UsageRecorder:
             total_tokens=usage.total_tokens if usage else 0, estimated=estimated,
             cost_usd=cost, latency_ms=int((time.time() - started) * 1000),
             ttft_ms=out.ttft_ms, error_class=error or out.error_code)
-        await self.publisher.record(event)
+        # Stored before the response ends (see holdend.py).
+        await self.publisher.record_durably(event)

@@ -1,0 +1,51 @@
+"""Hold the end of every response until its usage event is stored.
+
+Every body message goes out as it comes except the last one (a JSON
+answer's body, a stream's ``[DONE]`` frame or final event: what tells a
+client it has its answer), which waits until the endpoint has stored the
+usage event in JetStream (:func:`release_response`, or the endpoint's
+return): a process that dies after the client has its answer has already
+billed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+__all__ = ["HoldEnd", "release_response"]
+
+
+class HoldEnd:
+    """An ASGI ``send`` that withholds the final body message until released."""
+
+    __slots__ = ("_held", "_send")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._held: dict[str, Any] | None = None
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self._held = message
+            return
+        await self._send(message)
+
+    async def release(self) -> None:
+        message, self._held = self._held, None
+        if message is not None:
+            # The client may be gone; nothing is owed to it then.
+            with contextlib.suppress(Exception):
+                await self._send(message)
+
+
+async def release_response(scope: dict[str, Any]) -> None:
+    """End the response now (its usage is stored) rather than when the
+    endpoint returns, so the endpoint's own bookkeeping after it (budget
+    release, limit settlement, cache store) is not the client's wait."""
+    release = scope.get("state", {}).get("release_response")
+    if release is not None:
+        await release()
