@@ -182,7 +182,10 @@ def test_billing_tools_use_the_state_directory_of_gandalf_up(tmp_path: Path,
     # Nothing left running, and the state lock is free again.
     assert EmbeddedPostgres(state).postmaster_pid() is None
     with StateDirLock(state):
-        pass
+        # Held (gandalf up starting, another billing command): not used twice.
+        busy = _usage(config, env, "export", "--from", _iso(start), "--to",
+                      _iso(datetime.now(UTC)), "--format", "csv")
+        assert busy.returncode == 2 and "is in use" in busy.stderr
 
     # Neither a running gandalf up nor its state directory: one line, status 2.
     lost = _usage(config, _env(tmp_path / "nowhere"), "export", "--from", _iso(start),

@@ -51,7 +51,7 @@ class Wanted:
 class Servers:
     nats_url: str = ""
     database_url: str = ""
-    #: Where the URLs come from, for messages ("flag", "state directory"...).
+    #: True: embedded servers were started for this command.
     started: bool = False
 
 
@@ -95,9 +95,10 @@ def resolve(wanted: Wanted, cfg: GatewayConfig | None) -> Iterator[Servers]:
     try:
         lock.acquire()
     except AlreadyRunningError:
-        # gandalf up is starting there right now (runtime.json comes later).
-        raise ServerError(f"gandalf up is starting with state directory {state}; "
-                          "try again once it is ready") from None
+        # gandalf up starting there (runtime.json comes later), or another
+        # billing command that started its servers.
+        raise ServerError(f"state directory {state} is in use (gandalf up starting, or "
+                          "another billing command); try again in a moment") from None
     nats_server: EmbeddedNats | None = None
     pg: EmbeddedPostgres | None = None
     try:
