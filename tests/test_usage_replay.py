@@ -232,9 +232,11 @@ async def test_verify_reports_exactly_the_corrupted_bucket(nc: NATS, db: str,
     code, out, err = await usage(["replay", *day, "--verify"], db, usage_nats)
     assert code == 0, out + err
     assert "verify: OK" in out and "DIFF" not in out
-    assert f"fully inside [{iso(D)}, {iso(D + 24 * H)})" in out
-    # Every hour with requests on D (0, 3, 10, 12, 23) and the day itself.
-    assert "compared 5 hourly and 1 daily buckets" in out
+    # Every request of D against its raw row; every hour with requests on D
+    # (0, 3, 10, 12, 23) and the day itself against the raw rows.
+    assert "compared 8 of 8 events with the raw rows; not yet: 0" in out
+    assert "compared 5 hourly and 1 daily buckets' rollups" in out
+    assert f"hourly [{iso(D)}, {iso(D + 24 * H)})" in out
     before = await rollups(db)
 
     # Corrupt one hourly row: exactly that bucket is reported; nothing is written.
@@ -249,18 +251,18 @@ async def test_verify_reports_exactly_the_corrupted_bucket(nc: NATS, db: str,
     diffs = [line for line in out.splitlines() if line.startswith("DIFF")]
     assert diffs == [f"DIFF hourly {iso(D + 10 * H)} org=acme team=t1 key=k1 model=gpt-4o "
                      "provider=openai"]
-    assert ("expected: requests=2 prompt_tokens=10 completion_tokens=5 cached_tokens=0 "
+    assert ("raw rows: requests=2 prompt_tokens=10 completion_tokens=5 cached_tokens=0 "
             "total_tokens=15 cost_usd=0.01250000 cached=1") in out
-    assert "actual:   requests=3 prompt_tokens=10" in out and "cost_usd=0.51250000" in out
-    assert "verify: 1 rollup rows differ" in out
+    assert "rollup:   requests=3 prompt_tokens=10" in out and "cost_usd=0.51250000" in out
+    assert "verify: 1 differences" in out
     assert await rollups(db) == corrupted
 
-    # A window starting mid-hour cannot check hour 0 nor the day: it says so.
+    # A window starting mid-hour still checks that hour's and day's rollups
+    # (against all their raw rows).
     code, out, _ = await usage(["replay", "--from", iso(D + timedelta(minutes=30)),
                                 "--to", iso(D + 24 * H), "--verify"], db, usage_nats)
     assert code == 1
-    assert "not compared: 1 hourly and 1 daily buckets only partly inside" in out
-    assert "compared 4 hourly and 0 daily buckets" in out
+    assert "compared 5 hourly and 1 daily buckets" in out
 
     # A missing row and a row nobody asked for are differences too.
     await execute(db, "DELETE FROM usage_rollups WHERE period = 'daily' AND org_id = 'beta'")
@@ -283,6 +285,19 @@ async def test_verify_reports_exactly_the_corrupted_bucket(nc: NATS, db: str,
     code, out, _ = await usage(["replay", *day, "--verify"], db, usage_nats)
     assert code == 0, out
     assert await rollups(db) == before
+
+    # A raw row lost: its request is named, and its buckets no longer add up.
+    await execute(db, "DELETE FROM usage_records WHERE request_id = 'r03'")
+    code, out, _ = await usage(["replay", *day, "--verify"], db, usage_nats)
+    assert code == 1
+    assert f"MISSING raw row of request r03 ({iso(D + 3 * H + timedelta(minutes=1))}" in out
+    assert f"DIFF hourly {iso(D + 3 * H)} org=acme" in out
+    # Everything too recent to compare (a max latency of four days): status 3.
+    code, out, _ = await usage(["replay", *day, "--verify", "--max-latency",
+                                str(4 * 86400)], db, usage_nats)
+    assert code == 3, out
+    assert "compared 0 of 8 events" in out and "not yet: 8" in out
+    assert "nothing could be compared yet" in out
 
 
 async def test_replay_windows_by_sequence_and_by_time(nc: NATS, db: str,

@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                           "      re-apply the USAGE stream to the usage tables, or check them\n"
                           "  gandalf usage export --from T --to T --format csv|jsonl\n"
                           "      write the raw usage rows of a window\n"
+                          "they find the servers of gandalf up's state directory by "
+                          "themselves\n"
                           "see `gandalf usage replay --help` and `gandalf usage export --help`")
     sub.add_parser("admin", parents=[common], help="run the admin service")
     sub.add_parser("version", help="print the version")

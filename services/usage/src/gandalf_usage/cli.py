@@ -4,12 +4,15 @@ the usage tables (see :mod:`.replay` and :mod:`.export`).
     gandalf usage replay --from <RFC 3339 | seq> [--to <RFC 3339 | seq>] [--verify]
     gandalf usage export --from <RFC 3339> --to <RFC 3339> --format csv|jsonl [--output FILE]
 
-Connections: ``--database-url``/``--nats-url``, else ``GANDALF_DATABASE_URL``/
-``GANDALF_NATS_URL``, else ``database.url``/``nats.url`` of the config
-(``--config``, default ``configs/gandalf.yaml`` when it exists).
+Connections (see :mod:`.servers`): ``--database-url``/``--nats-url``, else
+``GANDALF_DATABASE_URL``/``GANDALF_NATS_URL``, else ``database.url``/``nats.url``
+of the config (``--config``, default ``configs/gandalf.yaml`` when it exists),
+else those of ``gandalf up``'s state directory (``--data-dir``): its running
+servers, or its embedded ones started for the command.
 
 Exit status: 0 done; 1 ``--verify`` found differences; 2 a usage, config or
-connection error (the message says which).
+connection error (the message says which); 3 ``--verify`` could compare
+nothing yet (the window's events are all too recent).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -31,8 +35,18 @@ from gandalf_common.config import ConfigError, GatewayConfig, load_config
 from gandalf_common.contract import USAGE_STREAM
 
 from .export import FORMATS, export
-from .replay import DEFAULT_MAX_LATENCY, Bound, ReplayError, Window, parse_time
+from .replay import (
+    DEFAULT_MAX_LATENCY,
+    Bound,
+    ReplayError,
+    Window,
+    describe_read,
+    parse_time,
+    read_window,
+)
 from .replay import run as run_replay
+from .servers import ServerError, Wanted, resolve
+from .verify import verify, write_report
 
 DEFAULT_CONFIG = "configs/gandalf.yaml"
 
@@ -45,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help=f"YAML config (default {DEFAULT_CONFIG} if present)")
     common.add_argument("--database-url", help="PostgreSQL URL (overrides database.url)")
+    common.add_argument("--data-dir", help="state directory of gandalf up (default "
+                                           "$GANDALF_DATA_DIR, else ./.gandalf)")
     parser = argparse.ArgumentParser(prog="gandalf usage",
                                      description="Usage billing tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,21 +69,23 @@ def _parser() -> argparse.ArgumentParser:
         help="re-apply the USAGE stream to the raw rows and rollups (or --verify them)",
         description="Read a window of the USAGE stream; insert missing raw rows and "
                     "rebuild the rollups of the buckets it touches from the raw rows "
-                    "(idempotent), or with --verify only compare the rollups.")
+                    "(idempotent), or with --verify check the raw rows against the "
+                    "stream and the rollups against the raw rows.")
     replay.add_argument("--from", dest="start", required=True,
                         help="first stream sequence, or RFC 3339 time (event time)")
     replay.add_argument("--to", dest="end",
                         help="end (exclusive): stream sequence or RFC 3339 time "
                              "(default: the end of the stream)")
     replay.add_argument("--verify", action="store_true",
-                        help="write nothing; compare usage_rollups with the stream and "
-                             "exit 1 on any difference")
+                        help="write nothing; exit 1 on any difference, 3 when everything "
+                             "in the window is still too recent to compare")
     replay.add_argument("--nats-url", help="NATS URL (overrides nats.url)")
     replay.add_argument("--stream", default=USAGE_STREAM, help=argparse.SUPPRESS)
     replay.add_argument("--max-latency", type=float,
                         default=DEFAULT_MAX_LATENCY.total_seconds(),
                         help="longest request, in seconds, between arriving and being "
-                             "published (default %(default)s)")
+                             "published; --verify leaves what is more recent for later "
+                             "(default %(default)s)")
     exp = sub.add_parser("export", parents=[common],
                          help="write the raw usage rows of a time window as CSV or JSONL")
     exp.add_argument("--from", dest="start", required=True, help="RFC 3339 (inclusive)")
@@ -90,45 +108,29 @@ def _config(args: argparse.Namespace) -> GatewayConfig | None:
     return cfg
 
 
-def _setting(flag: str | None, env: str, from_config: str, what: str, option: str,
-             cfg_name: str) -> str:
-    value = flag or os.environ.get(env) or from_config
-    if not value:
-        raise CliError(f"no {what}: pass {option}, set {env} or {cfg_name} in the config")
-    return value
-
-
-def database_url(args: argparse.Namespace, cfg: GatewayConfig | None) -> str:
-    return _setting(args.database_url, "GANDALF_DATABASE_URL",
-                    cfg.database.url if cfg else "", "database", "--database-url",
-                    "database.url")
-
-
-def nats_url(args: argparse.Namespace, cfg: GatewayConfig | None) -> str:
-    return _setting(args.nats_url, "GANDALF_NATS_URL", cfg.nats.url if cfg else "",
-                    "NATS server", "--nats-url", "nats.url")
-
-
 async def _replay(args: argparse.Namespace, out: TextIO) -> int:
     if args.max_latency < 0:
         raise CliError("--max-latency must not be negative")
     window = Window(start=Bound.parse(args.start, "--from"),
                     end=Bound.parse(args.end, "--to") if args.end else None,
                     max_latency=timedelta(seconds=args.max_latency))
-    needs_config = not (args.database_url or os.environ.get("GANDALF_DATABASE_URL")) or not (
-        args.nats_url or os.environ.get("GANDALF_NATS_URL"))
-    cfg = _config(args) if needs_config else None
-    dsn, url = database_url(args, cfg), nats_url(args, cfg)
-    nc = await _connect_nats(url)
-    try:
-        conn = await _connect_db(dsn)
+    wanted = Wanted(nats=True, database=True, nats_flag=args.nats_url,
+                    database_flag=args.database_url, data_dir_flag=args.data_dir)
+    with resolve(wanted, _config(args)) as servers:
+        nc = await _connect_nats(servers.nats_url)
         try:
-            return await run_replay(nc, conn, window, verify_only=args.verify, out=out,
-                                    stream=args.stream)
+            conn = await _connect_db(servers.database_url)
+            try:
+                if not args.verify:
+                    return await run_replay(nc, conn, window, out=out, stream=args.stream)
+                replayed = await read_window(nc, window, stream=args.stream)
+                out.write(describe_read(window, replayed) + "\n")
+                report = await verify(conn, replayed, window)
+                return write_report(report, window, out)
+            finally:
+                await conn.close()
         finally:
-            await conn.close()
-    finally:
-        await nc.close()
+            await nc.close()
 
 
 async def _connect_nats(url: str) -> NATS:
@@ -161,18 +163,20 @@ async def _export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     since, until = parse_time(args.start, "--from"), parse_time(args.end, "--to")
     if until <= since:
         raise CliError("--to must be after --from")
-    needs_config = not (args.database_url or os.environ.get("GANDALF_DATABASE_URL"))
-    dsn = database_url(args, _config(args) if needs_config else None)
-    conn = await _connect_db(dsn)
-    try:
-        if not args.output:
-            count = await export(conn, since, until, args.format, out)
-        else:
-            # Lines are written synchronously either way (a local file).
-            with open(args.output, "w", encoding="utf-8", newline="") as fh:  # noqa: ASYNC230
-                count = await export(conn, since, until, args.format, fh)
-    finally:
-        await conn.close()
+    wanted = Wanted(nats=False, database=True, database_flag=args.database_url,
+                    data_dir_flag=args.data_dir)
+    with resolve(wanted, _config(args)) as servers:
+        conn = await _connect_db(servers.database_url)
+        try:
+            if not args.output:
+                count = await export(conn, since, until, args.format, out)
+            else:
+                # Lines are written synchronously either way (a local file).
+                with open(args.output, "w", encoding="utf-8",  # noqa: ASYNC230
+                          newline="") as fh:
+                    count = await export(conn, since, until, args.format, fh)
+        finally:
+            await conn.close()
     err.write(f"export: {count} rows\n")
     return 0
 
@@ -190,15 +194,35 @@ async def run(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None
         if args.command == "replay":
             return await _replay(args, out)
         return await _export(args, out, err)
-    except (CliError, ReplayError, OSError) as exc:
+    except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly, as cat does.
+        _silence(out)
+        return 141
+    except (CliError, ReplayError, ServerError, OSError, asyncpg.PostgresError) as exc:
         err.write(f"gandalf usage {args.command}: error: {exc}\n")
         return 2
+
+
+def _silence(out: TextIO) -> None:
+    """No second broken-pipe error when the interpreter flushes ``out`` at exit."""
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError, AttributeError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``gandalf usage replay|export``: ``sys.exit(main(argv))``
     with the arguments after ``usage``."""
-    return asyncio.run(run(sys.argv[1:] if argv is None else argv))
+    # SIGTERM as Ctrl-C: embedded servers started for the command are stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return asyncio.run(run(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":
