@@ -75,6 +75,17 @@ async def test_the_event_is_stored_when_the_answer_arrives(managed: ManagedGatew
                         break
                 else:
                     pytest.fail("no [DONE]")
+        # A client's X-Request-Id is echoed, never the usage key: reusing one
+        # bills every request.
+        seen = set()
+        for _ in range(2):
+            r = await http.post(f"{managed.url}/v1/chat/completions",
+                                headers={**headers, "x-request-id": "same-id"}, json=body)
+            assert r.status_code == 200 and r.headers["x-request-id"] == "same-id"
+            event = await _newest_event(managed)
+            assert event["request_id"] == r.headers["x-gandalf-request-id"]
+            seen.add(event["request_id"])
+        assert len(seen) == 2
         # A refusal is answered and billed the same way (a request, no tokens).
         r = await http.post(f"{managed.url}/v1/chat/completions", headers=headers,
                             json={**body, "model": "no-such-model"})

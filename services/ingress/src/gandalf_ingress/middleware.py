@@ -40,13 +40,12 @@ def path_label(path: str) -> str:
     return "other"
 
 
-def request_id_from(scope: Scope) -> str:
+def client_request_id(scope: Scope) -> str:
+    """The client's ``X-Request-Id`` when valid, else ""."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            if _VALID_ID.match(value):
-                return value.decode()
-            break
-    return uuid7()
+            return value.decode() if _VALID_ID.match(value) else ""
+    return ""
 
 
 class EdgeMiddleware:
@@ -107,10 +106,16 @@ class EdgeMiddleware:
             self.inflight -= 1
 
     async def _handle(self, scope: Scope, receive: Any, send: Any, path: str) -> None:
-        request_id = request_id_from(scope)
+        # The gateway's own id keys usage (exactly one row per request): a
+        # client's X-Request-Id is echoed, as the original did, but never
+        # used as that key, or reusing one would leave requests unbilled.
+        request_id = uuid7()
+        client_id = client_request_id(scope)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        extra = [*_SECURITY, (b"x-request-id", request_id.encode())]
+        extra = [*_SECURITY, (b"x-request-id", (client_id or request_id).encode())]
+        if client_id:
+            extra.append((b"x-gandalf-request-id", request_id.encode()))
         status = 500
         started = False
 
@@ -149,5 +154,6 @@ class EdgeMiddleware:
             elapsed = time.perf_counter() - t0
             self._record(method, path, status, elapsed)
             if log.isEnabledFor(logging.INFO):
-                log.info("request method=%s path=%s status=%d duration_ms=%.2f request_id=%s",
-                         method, path, status, elapsed * 1000, request_id)
+                log.info("request method=%s path=%s status=%d duration_ms=%.2f request_id=%s%s",
+                         method, path, status, elapsed * 1000, request_id,
+                         f" client_request_id={client_id}" if client_id else "")
