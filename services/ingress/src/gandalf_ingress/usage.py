@@ -54,7 +54,7 @@ BACKLOG_LIMIT = 10_000
 ACK_TIMEOUT_S = 5.0
 MAX_BACKOFF_S = 5.0
 #: Longest the last byte of a response waits for its event's ack.
-DURABLE_WAIT_S = 5.0
+DURABLE_WAIT_S = 2.0
 
 
 @dataclass(slots=True)
