@@ -26,6 +26,7 @@ from gandalf_common.config import GatewayConfig
 from gandalf_common.contract import AdminRequest, AdminResponse, Pong, encode
 from gandalf_common.crypto import SecretBox, SecretError
 from gandalf_common.kv import ensure_buckets
+from gandalf_common.logsafe import clean
 from gandalf_common.pg import migrate
 from gandalf_common.records import CONFIG_BUCKET, KEYS_BUCKET
 
@@ -171,8 +172,8 @@ class AdminService:
         except Exception as exc:
             mapped = from_db_error(exc)
             if mapped.status >= 500:
-                log.exception("admin %s %s failed (request %s)", req.method, req.path,
-                              req.request_id)
+                log.exception("admin %s %s failed (request %s)", clean(req.method),
+                              clean(req.path), clean(req.request_id))
             response = error_response(mapped)
         response = self._fits(response)
         c = req.caller

@@ -10,6 +10,7 @@ from typing import Any
 
 from gandalf_common.errors import error_body
 from gandalf_common.ids import uuid7
+from gandalf_common.logsafe import clean
 
 from .metrics import ACTIVE, DURATION, REQUESTS, SHED
 
@@ -131,7 +132,7 @@ class EdgeMiddleware:
         try:
             await (app or self.app)(scope, receive, send_wrapped)
         except Exception:
-            log.exception("unhandled error on %s %s (request %s)", scope["method"], path,
+            log.exception("unhandled error on %s %s (request %s)", clean(method), clean(path),
                           request_id)
             if not started:
                 await send_wrapped({"type": "http.response.start", "status": 500,
@@ -145,4 +146,4 @@ class EdgeMiddleware:
             self._record(method, path, status, elapsed)
             if log.isEnabledFor(logging.INFO):
                 log.info("request method=%s path=%s status=%d duration_ms=%.2f request_id=%s",
-                         method, path, status, elapsed * 1000, request_id)
+                         clean(method), clean(path), status, elapsed * 1000, request_id)
