@@ -33,6 +33,7 @@ from .inbox import ReplyInbox
 from .metrics import render
 from .middleware import EdgeMiddleware
 from .native import NativeEndpoint, NativeModelsEndpoint
+from .openapi import OpenApiEndpoint
 from .protocol import EdgeLimits, protocol_class
 from .relay import Relay
 from .semantic import SemanticCache
@@ -152,6 +153,7 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
                                   idle_timeout=cfg.server.stream_idle_timeout or 300.0)
             gateway.bodies = BodyStore(conn)
             readiness.nc = conn
+            openapi.nc = conn
             app.state.readiness = readiness
             try:
                 yield
@@ -169,6 +171,7 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
 
         return span(app)
 
+    openapi = OpenApiEndpoint()
     chat = ProxyEndpoint(gateway, contract.OP_CHAT)
     embeddings = ProxyEndpoint(gateway, contract.OP_EMBED)
     anthropic = NativeEndpoint(gateway, contract.KIND_ANTHROPIC)
@@ -194,6 +197,7 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
               methods=["POST"]),
         Route("/admin/v1/{path:path}", AdminProxy(gateway),
               methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
     ]
