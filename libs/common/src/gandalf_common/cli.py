@@ -207,6 +207,9 @@ def _honour_stop_signals() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     _honour_stop_signals()
+    from .fdlimit import raise_nofile_limit
+
+    raise_nofile_limit()
     raw = _normalize(sys.argv[1:] if argv is None else argv)
     tool = _usage_tool(raw)
     if tool is not None:

@@ -79,6 +79,17 @@ class ServerConfig(_Base, kw_only=True, frozen=True):
     #: Requests one gateway process handles at once; more are refused at
     #: once with 503 ``server_busy`` (probes excepted). 0 = unlimited.
     max_inflight: int = 4096
+    #: Edge limits against unauthenticated resource exhaustion (per process).
+    #: A request head larger than this, or with more header lines, is 431.
+    max_header_bytes: ByteSize = 64 * 1024
+    max_headers: int = 100
+    #: The request line and headers must arrive within this (slowloris).
+    header_timeout: Duration = 5.0
+    #: An idle keep-alive connection is closed after this.
+    keepalive_timeout: Duration = 120.0
+    #: Open client connections per process; more get 503 ``server_busy``.
+    #: Also capped below the process's open-file limit. 0 = only that cap.
+    max_connections: int = 10000
 
 
 class NatsConfig(_Base, kw_only=True, frozen=True):

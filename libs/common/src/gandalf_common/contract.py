@@ -46,6 +46,8 @@ ROUTER_QUEUE: Final = "router"
 #: ingress -> admin service: ``/admin/v1/*`` as request/reply (queue "admin").
 ADMIN_HTTP: Final = "gandalf.admin.http"
 ADMIN_QUEUE: Final = "admin"
+#: The admin API's part of ``/openapi.json`` (JSON: ``{"paths", "schemas"}``).
+ADMIN_OPENAPI: Final = "gandalf.admin.openapi"
 #: admin -> every ingress: drop cached responses (body: :class:`CachePurge`).
 CACHE_PURGE: Final = "gandalf.cache.purge"
 

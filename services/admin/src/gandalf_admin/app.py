@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 
+import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -26,12 +27,14 @@ from gandalf_common.config import GatewayConfig
 from gandalf_common.contract import AdminRequest, AdminResponse, Pong, encode
 from gandalf_common.crypto import SecretBox, SecretError
 from gandalf_common.kv import ensure_buckets
+from gandalf_common.logsafe import clean
 from gandalf_common.pg import migrate
 from gandalf_common.records import CONFIG_BUCKET, KEYS_BUCKET
 
 from .bootstrap import BootstrapError, bootstrap, check_secrets
 from .deps import Deps
 from .errors import ApiError, from_db_error, internal
+from .openapi import admin_openapi
 from .replicate import Replicator
 from .routes import dispatch
 from .store import Store
@@ -89,6 +92,7 @@ class AdminService:
             self._subs.append(await nc.subscribe(self.subject, queue=contract.ADMIN_QUEUE,
                                                  cb=self._on_request))
             self._subs.append(await serve_pings(nc, contract.PING_ADMIN, "admin", pong))
+            self._subs.append(await self._serve_openapi(nc))
             return
         try:
             box = self._box or SecretBox.from_env()
@@ -114,6 +118,16 @@ class AdminService:
         self._subs.append(await nc.subscribe(self.subject, queue=contract.ADMIN_QUEUE,
                                              cb=self._on_request))
         self._subs.append(await serve_pings(nc, contract.PING_ADMIN, "admin", pong))
+        self._subs.append(await self._serve_openapi(nc))
+
+    @staticmethod
+    async def _serve_openapi(nc: NATS) -> Subscription:
+        document = msgspec.json.encode(admin_openapi())
+
+        async def answer(msg: Msg) -> None:
+            await msg.respond(document)
+
+        return await nc.subscribe(contract.ADMIN_OPENAPI, cb=answer)
 
     async def stop(self, timeout: float) -> None:
         await unsubscribe_all(self._subs)
@@ -171,8 +185,8 @@ class AdminService:
         except Exception as exc:
             mapped = from_db_error(exc)
             if mapped.status >= 500:
-                log.exception("admin %s %s failed (request %s)", req.method, req.path,
-                              req.request_id)
+                log.exception("admin %s %s failed (request %s)", clean(req.method),
+                              clean(req.path), clean(req.request_id))
             response = error_response(mapped)
         response = self._fits(response)
         c = req.caller

@@ -19,6 +19,7 @@ from gandalf_common import contract
 from gandalf_common.bus import BodyStore
 from gandalf_common.config import GatewayConfig
 from gandalf_common.errors import error_body
+from gandalf_common.fdlimit import connection_cap
 from gandalf_common.listen import parse_addr
 from gandalf_common.live import LiveConfig
 from gandalf_common.pricing import PriceBook
@@ -32,6 +33,8 @@ from .inbox import ReplyInbox
 from .metrics import render
 from .middleware import EdgeMiddleware
 from .native import NativeEndpoint, NativeModelsEndpoint
+from .openapi import OpenApiEndpoint
+from .protocol import EdgeLimits, protocol_class
 from .relay import Relay
 from .semantic import SemanticCache
 from .usage import UsagePublisher, UsageRecorder
@@ -150,6 +153,7 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
                                   idle_timeout=cfg.server.stream_idle_timeout or 300.0)
             gateway.bodies = BodyStore(conn)
             readiness.nc = conn
+            openapi.nc = conn
             app.state.readiness = readiness
             try:
                 yield
@@ -167,6 +171,7 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
 
         return span(app)
 
+    openapi = OpenApiEndpoint()
     chat = ProxyEndpoint(gateway, contract.OP_CHAT)
     embeddings = ProxyEndpoint(gateway, contract.OP_EMBED)
     anthropic = NativeEndpoint(gateway, contract.KIND_ANTHROPIC)
@@ -192,6 +197,7 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
               methods=["POST"]),
         Route("/admin/v1/{path:path}", AdminProxy(gateway),
               methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
     ]
@@ -199,6 +205,8 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
         routes.append(Route("/metrics", metrics, methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: method_not_allowed})
+    # A redirect would build its Location from the client's Host header.
+    app.router.redirect_slashes = False
     app.state.readiness = readiness
     fast = {"/v1/chat/completions": chat, "/v1/embeddings": embeddings, "/v1/messages": anthropic}
     return EdgeMiddleware(app, fast,  # type: ignore[return-value]
@@ -257,11 +265,18 @@ class IngressService:
         app = create_app(self.cfg, nc=nc, admin_key_sha256=self.admin_key_sha256,
                          live=self.live)
         host, port = parse_addr(self.cfg.server.addr)
+        server_cfg = self.cfg.server
+        limits = EdgeLimits(max_header_bytes=server_cfg.max_header_bytes,
+                            max_headers=server_cfg.max_headers,
+                            header_timeout=server_cfg.header_timeout,
+                            max_connections=connection_cap(server_cfg.max_connections))
         config = uvicorn.Config(
-            app, host=host, port=port, loop="none", http="httptools", lifespan="on",
-            log_config=None, access_log=False, server_header=False, date_header=False,
+            app, host=host, port=port, loop="none", http=protocol_class(limits),
+            lifespan="on", log_config=None, access_log=False, server_header=False,
+            date_header=False,
             # X-Forwarded-For is not trusted unless a deployment opts in.
-            proxy_headers=False, timeout_keep_alive=120, backlog=2048,
+            proxy_headers=False, timeout_keep_alive=server_cfg.keepalive_timeout,  # type: ignore[arg-type]
+            backlog=2048,
             timeout_graceful_shutdown=int(self.cfg.server.shutdown_timeout) or None)
         server = _QuietServer(config)
         sockets = [self.sock] if self.sock is not None else None

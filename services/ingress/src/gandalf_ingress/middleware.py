@@ -10,6 +10,7 @@ from typing import Any
 
 from gandalf_common.errors import error_body
 from gandalf_common.ids import uuid7
+from gandalf_common.logsafe import clean
 
 from .holdend import HoldEnd
 from .metrics import ACTIVE, DURATION, REQUESTS, SHED
@@ -140,7 +141,7 @@ class EdgeMiddleware:
             await (app or self.app)(scope, receive, held)
             await held.release()
         except Exception:
-            log.exception("unhandled error on %s %s (request %s)", scope["method"], path,
+            log.exception("unhandled error on %s %s (request %s)", clean(method), clean(path),
                           request_id)
             if not started:
                 await send_wrapped({"type": "http.response.start", "status": 500,
@@ -155,5 +156,5 @@ class EdgeMiddleware:
             self._record(method, path, status, elapsed)
             if log.isEnabledFor(logging.INFO):
                 log.info("request method=%s path=%s status=%d duration_ms=%.2f request_id=%s%s",
-                         method, path, status, elapsed * 1000, request_id,
+                         clean(method), clean(path), status, elapsed * 1000, request_id,
                          f" client_request_id={client_id}" if client_id else "")
