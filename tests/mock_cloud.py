@@ -51,10 +51,12 @@ class CloudRoutes:
                                       "API endpoint."}}, status=401)
 
     async def _azure_chat(self, request: web.Request) -> web.StreamResponse:
-        return self._azure_denied(request) or await self._chat_completions(request)  # type: ignore[attr-defined]
+        return self._azure_denied(request) or await self._chat_completions(  # type: ignore[attr-defined]
+            request, request.match_info["deployment"])  # type: ignore[attr-defined]
 
     async def _azure_embeddings(self, request: web.Request) -> web.StreamResponse:
-        return self._azure_denied(request) or await self._embeddings(request)  # type: ignore[attr-defined]
+        return self._azure_denied(request) or await self._embeddings(  # type: ignore[attr-defined]
+            request, request.match_info["deployment"])  # type: ignore[attr-defined]
 
     async def _azure_models(self, request: web.Request) -> web.StreamResponse:
         return self._azure_denied(request) or await self._list_models(request)  # type: ignore[attr-defined]

@@ -50,12 +50,14 @@ class OpenAIRoutes:
             {"id": model_id, "object": "model", "created": _CREATED, "owned_by": "mock"}
         )
 
-    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+    async def _chat_completions(self, request: web.Request,
+                                deployment: str = "") -> web.StreamResponse:
         record: RequestRecord = request[_RECORD_KEY]
         body = record.body
         if not isinstance(body, dict):
             return self._bad_request("We could not parse the JSON body of your request.")
-        model = body.get("model")
+        # Azure takes the model (deployment) from the URL, not the body.
+        model = deployment or body.get("model")
         messages = body.get("messages")
         if not isinstance(model, str) or not model:
             return self._bad_request("you must provide a model parameter", "model")
@@ -191,12 +193,14 @@ class OpenAIRoutes:
         return await self._write_stream(
             request, fault, resp, [f"data: {event}\n\n".encode() for event in events])
 
-    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+    async def _embeddings(self, request: web.Request,
+                          deployment: str = "") -> web.StreamResponse:
         record: RequestRecord = request[_RECORD_KEY]
         body = record.body
         if not isinstance(body, dict):
             return self._bad_request("We could not parse the JSON body of your request.")
-        model = body.get("model")
+        # Azure takes the model (deployment) from the URL, not the body.
+        model = deployment or body.get("model")
         if not isinstance(model, str) or not model:
             return self._bad_request("you must provide a model parameter", "model")
         inputs = _normalize_embedding_input(body.get("input"))

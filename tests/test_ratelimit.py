@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -407,3 +408,68 @@ async def test_fallback_on_a_hanging_redis_is_bounded_by_the_timeout() -> None:
             w.close()
         server.close()
         await server.wait_closed()
+
+
+# --------------------------------------------------------------------------- Redis cost
+
+
+async def _scripts_run(client: Any) -> int:
+    """Scripts the server has run so far (EVALSHA + EVAL, all clients)."""
+    stats = await client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+
+
+async def test_redis_refund_rides_on_the_next_acquire(redis_url: str, prefix: str) -> None:
+    """acquire + settle (refund) + acquire: the refund costs no round trip of
+    its own, and the next decision already counts it."""
+    lim = RedisLimiter(redis_url, prefix=prefix, timeout=2)
+    client = make_client(redis_url, timeout=2)
+    try:
+        await lim.load()
+        await lim.acquire("k", 100, 6000, 3000)  # the hash exists; scripts are cached
+        before = await _scripts_run(client)
+        await lim.settle("k", 6000, 3000, 1000)  # refund 2000: kept for the next acquire
+        d = await lim.acquire("k", 100, 6000, 4000)
+        # 5000 tokens (3000 + the refund) take 4000; without the refund it would wait.
+        assert d.allowed and 1000 <= d.remaining_tokens <= 1010
+        # One script run: no separate settle.
+        assert await _scripts_run(client) - before == 1
+    finally:
+        await client.aclose()
+        await lim.aclose()
+        await _drop_prefix(redis_url, prefix)
+
+
+async def test_redis_refund_without_a_next_acquire_is_flushed(redis_url: str,
+                                                              prefix: str) -> None:
+    from gandalf_ingress.ratelimit.redis_backend import REFUND_DELAY
+
+    lim = RedisLimiter(redis_url, prefix=prefix, timeout=2)
+    client = make_client(redis_url, timeout=2)
+    try:
+        await lim.acquire("k", 0, 6000, 3000)
+        await lim.settle("k", 6000, 3000, 0)
+        await asyncio.sleep(REFUND_DELAY + 0.3)
+        assert float(await client.hget(prefix + "k", "tok_tokens")) >= 5999
+    finally:
+        await client.aclose()
+        await lim.aclose()
+        await _drop_prefix(redis_url, prefix)
+
+
+async def test_redis_pipelined_acquires_stay_exact(redis_url: str, prefix: str) -> None:
+    """Many concurrent acquires from two processes' clients, batched into
+    pipelines: exactly the limit is admitted, RPM and TPM together."""
+    a = RedisLimiter(redis_url, prefix=prefix, timeout=2)
+    b = RedisLimiter(redis_url, prefix=prefix, timeout=2)
+    try:
+        rpm = await asyncio.gather(*[(a if i % 2 else b).acquire("r", 25, 0, 0)
+                                     for i in range(80)])
+        assert sum(d.allowed for d in rpm) == 25
+        tpm = await asyncio.gather(*[(a if i % 2 else b).acquire("t", 1000, 1000, 100)
+                                     for i in range(80)])
+        assert sum(d.allowed for d in tpm) == 10
+    finally:
+        await a.aclose()
+        await b.aclose()
+        await _drop_prefix(redis_url, prefix)

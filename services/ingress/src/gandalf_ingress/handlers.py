@@ -26,9 +26,9 @@ from .admission import RateLimits
 from .auth import Authenticator, Identity
 from .budgets import Budgets
 from .caching import Caching, mark, serve_hit, usage_of
-from .holdend import release_response
+from .doors import OpenAIDoor
 from .metrics import CLIENT_DISCONNECTS, UPSTREAM_ERRORS
-from .ratelimit import estimate_chat_tokens, estimate_embedding_tokens
+from .pipeline import Admission, Door
 from .relay import Receive, Relay, Send, send_json_error
 from .schemas import parse_chat, parse_embeddings
 from .semantic import SemanticCache, mark_semantic_hit
@@ -112,6 +112,8 @@ class Gateway:
         #: The opt-in semantic cache (semantic.py); set by the app when configured.
         self.semantic: SemanticCache | None = None
         self.coalescing = live.cfg.coalescing.enabled
+        #: The ordered admission steps every door goes through (pipeline.py).
+        self.admission = Admission(self)
 
     async def read(self, scope: Scope, receive: Receive, limit: int) -> bytes:
         """The request body, at most ``limit`` bytes within ``read_timeout`` (408)."""
@@ -172,23 +174,22 @@ class ProxyEndpoint:
     def __init__(self, gateway: Gateway, op: str) -> None:
         self.gw = gateway
         self.op = op
+        self.door = OpenAIDoor(op)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
-        request_id: str = scope["state"]["request_id"]
-        started = time.time()
+        adm = gw.admission
+        ticket = adm.open(scope, self.door)
+        request_id = ticket.request_id
         body_ref = ""
-        identity: Identity | None = None
         model = ""
         body = b""
-        held: list[tuple[str, str, float]] = []
         try:
-            identity = await gw.keys.authenticate(authorization(scope))
-            gw.usage.admit()
+            identity = await adm.authenticate(ticket, scope)
             body = await gw.read(scope, receive, gw.max_body)
             req, coalesce = self._route_request(identity, body, request_id)
-            model = req.model
-            gw.budgets.check(identity)
+            model = ticket.model = req.model
+            adm.check_budget(ticket)
             payload = _payload(body) if coalesce or gw.needs_payload(identity) else {}
             cached = gw.caching.key_for(scope, payload, model=model, stream=req.stream,
                                         key_id=identity.key_id, org_id=identity.org_id) \
@@ -203,13 +204,12 @@ class ProxyEndpoint:
                 mark(scope["state"], hit is not None)
                 if hit is not None:
                     # A hit costs a request, never tokens.
-                    await gw.limits.admit(scope["state"], identity, 0)
+                    await adm.admit(ticket, scope, 0, reserve=False)
                     await serve_hit(send, hit, stream=req.stream,
                                     include_usage=req.include_usage)
-                    await gw.usage.finished(
-                        request_id=request_id, started=started, identity=identity,
-                        endpoint=self.op, model=model, stream=req.stream, status=200,
-                        outcome=Outcome(status=200, usage=usage_of(hit)), cached=True)
+                    ticket.stream = req.stream
+                    await adm.settle(ticket, Outcome(status=200, usage=usage_of(hit)),
+                                     status=200, cached=True)
                     return
             # --- semantic cache (semantic.py): after the exact miss, before limits ---
             probe = await gw.semantic.lookup(
@@ -218,18 +218,15 @@ class ProxyEndpoint:
                 if gw.semantic is not None and self.op == contract.OP_CHAT else None
             if probe is not None and probe.body is not None:
                 mark_semantic_hit(scope["state"])
-                await gw.limits.admit(scope["state"], identity, 0)
+                await adm.admit(ticket, scope, 0, reserve=False)
                 await serve_hit(send, probe.body, stream=req.stream,
                                 include_usage=req.include_usage)
-                await gw.usage.finished(
-                    request_id=request_id, started=started, identity=identity,
-                    endpoint=self.op, model=model, stream=req.stream, status=200,
-                    outcome=Outcome(status=200, usage=usage_of(probe.body)), cached=True)
+                ticket.stream = req.stream
+                await adm.settle(ticket, Outcome(status=200, usage=usage_of(probe.body)),
+                                 status=200, cached=True)
                 return
             # --- end semantic cache ---
-            estimate = self._estimate(payload, body)
-            decision = await gw.limits.admit(scope["state"], identity, estimate)
-            held = await gw.budgets.reserve(identity, model, estimate)
+            await adm.admit(ticket, scope, self.door.estimate(self.op, payload, body))
             relay = gw.relay
             if relay is None:
                 raise GatewayError("gateway is starting", status=503)
@@ -237,28 +234,20 @@ class ProxyEndpoint:
                 body_ref = await self._store_body(request_id, body)
                 req = msgspec.structs.replace(req, body=b"", body_ref=body_ref)
         except _ClientGone:
+            await adm.release(ticket)
             return
         except GatewayError as exc:
-            await gw.budgets.release(held)
-            await send_gateway_error(send, exc)
-            if identity is not None:  # refused after authentication: still recorded
-                model = model or _model_of(body)
-                await gw.usage.finished(request_id=request_id, started=started,
-                                        identity=identity, endpoint=self.op, model=model,
-                                        stream=False, status=exc.status,
-                                        error=exc.code or exc.type or "")
+            # Refused after authentication: still recorded (once).
+            ticket.model = model or _model_of(body)
+            await adm.refuse(ticket, send, exc)
             return
         outcome = Outcome()
+        ticket.stream = req.stream
         if req.stream:
             status = await relay.stream(req, send, receive, outcome)
         else:
             status = await relay.unary(req, send, receive, outcome)
-        await gw.usage.finished(request_id=request_id, started=started, identity=identity,
-                                endpoint=self.op, model=req.model, stream=req.stream,
-                                status=status, outcome=outcome, body_size=len(body))
-        await release_response(scope)
-        await gw.budgets.release(held)
-        await gw.limits.settle(identity, decision, outcome.usage)
+        await adm.settle(ticket, outcome, status=status, body_size=len(body))
         if cached is not None and status == 200 and outcome.body is not None:
             await gw.caching.store(cached[0], outcome.body, model=req.model,
                                    key_id=identity.key_id, org_id=identity.org_id)
@@ -270,14 +259,6 @@ class ProxyEndpoint:
             UPSTREAM_ERRORS.labels(str(status)).inc()
         if body_ref and gw.bodies is not None:
             await gw.bodies.delete(body_ref)
-
-    def _estimate(self, payload: dict[str, Any], body: bytes) -> int:
-        """Tokens to reserve before the call (settled with the real usage after)."""
-        if not payload:
-            return max(1, len(body) // 4)
-        if self.op == contract.OP_CHAT:
-            return estimate_chat_tokens(payload)
-        return estimate_embedding_tokens(payload)
 
     def _route_request(self, identity: Identity, body: bytes,
                        request_id: str) -> tuple[RouteRequest, bool]:
@@ -315,11 +296,28 @@ class ProxyEndpoint:
         return request_id
 
 
+async def admit_listing(gw: Gateway, scope: Scope, send: Send,
+                        door: Door) -> Identity | None:
+    """A model list: authenticated and it costs a request (RPM); no tokens,
+    no budget, no usage event. None when refused (the answer is sent)."""
+    adm = gw.admission
+    ticket = adm.open(scope, door)
+    try:
+        identity = await adm.authenticate(ticket, scope)
+        await adm.admit(ticket, scope, 0, reserve=False)
+    except GatewayError as exc:
+        ticket.identity = None  # a listing records no usage
+        await adm.refuse(ticket, send, exc)
+        return None
+    return identity
+
+
 class ModelsEndpoint:
     """``GET /v1/models``: the route aliases this key may call (no upstream calls)."""
 
     def __init__(self, gateway: Gateway, *, anthropic: Any = None) -> None:
         self.gw = gateway
+        self._door = OpenAIDoor("models")
         self._created = int(time.time())
         #: Anthropic's SDK lists models on the same path; it always sends
         #: ``anthropic-version``, which OpenAI clients never do.
@@ -329,10 +327,8 @@ class ModelsEndpoint:
         if self._anthropic is not None and header(scope, b"anthropic-version") is not None:
             await self._anthropic(scope, receive, send)
             return
-        try:
-            identity = await self.gw.keys.authenticate(authorization(scope))
-        except GatewayError as exc:
-            await send_gateway_error(send, exc)
+        identity = await admit_listing(self.gw, scope, send, self._door)
+        if identity is None:
             return
         data = []
         for alias in sorted(self.gw.servable):

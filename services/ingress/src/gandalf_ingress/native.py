@@ -28,10 +28,9 @@ from gandalf_common.errors import (
 )
 
 from .auth import Identity
-from .formats import native_error_body
-from .handlers import Gateway, Scope, _ClientGone, header
-from .holdend import release_response
-from .relay import NativeRelay, Receive, Send, send_json_error
+from .doors import NativeDoor
+from .handlers import Gateway, Scope, _ClientGone, admit_listing, header
+from .relay import NativeRelay, Receive, Send
 from .usage import Outcome
 
 _json_decode = msgspec.json.Decoder().decode
@@ -61,54 +60,50 @@ def credentials(scope: Scope, kind: str) -> str | None:
 
 
 class NativeEndpoint:
-    """One native API. ``target(scope, body)`` gives (model, action, stream)."""
+    """One native API through the admission pipeline (``pipeline.py``);
+    ``_target`` gives (model, action, stream) from its path and body."""
 
     def __init__(self, gateway: Gateway, kind: str) -> None:
         self.gw = gateway
         self.kind = kind
+        self.door = NativeDoor(kind)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
-        request_id: str = scope["state"]["request_id"]
-        started = time.time()
-        identity: Identity | None = None
+        adm = gw.admission
+        ticket = adm.open(scope, self.door)
+        body = b""
         try:
-            identity = await gw.keys.authenticate(credentials(scope, self.kind))
-            gw.usage.admit()
+            identity = await adm.authenticate(ticket, scope)
             body = await gw.read(scope, receive, gw.max_body)
-            req = self._route_request(scope, identity, body, request_id)
-            gw.budgets.check(identity)
+            req, data = self._route_request(scope, identity, body, ticket.request_id)
+            ticket.model, ticket.stream = req.model, req.stream
+            adm.check_budget(ticket)
+            # No cache on the native doors: their bodies pass through unchanged.
+            assert req.native is not None
+            await adm.admit(ticket, scope, self.door.estimate(req.native.action, data, body))
             if gw.relay is None:
                 raise GatewayError("gateway is starting", status=503)
             if len(body) > inline_limit(gw.relay.nc):
                 if gw.bodies is None:
                     raise PayloadTooLargeError("request body too large for the message bus")
-                await gw.bodies.put(request_id, body)
-                req = msgspec.structs.replace(req, body=b"", body_ref=request_id)
+                await gw.bodies.put(ticket.request_id, body)
+                req = msgspec.structs.replace(req, body=b"", body_ref=ticket.request_id)
         except _ClientGone:
+            await adm.release(ticket)
             return
         except GatewayError as exc:
-            await send_json_error(send, exc.status, native_error_body(
-                self.kind, exc.status, exc.message, type=exc.type, code=exc.code),
-                exc.retry_after)
-            if identity is not None:
-                await gw.usage.finished(request_id=request_id, started=started,
-                                        identity=identity, endpoint=f"native:{self.kind}",
-                                        model="", stream=False, status=exc.status,
-                                        error=exc.code or exc.type or "")
+            ticket.stream = False
+            await adm.refuse(ticket, send, exc)
             return
         outcome = Outcome()
         status = await NativeRelay(gw.relay)(req, send, receive, outcome)
-        await gw.usage.finished(request_id=request_id, started=started, identity=identity,
-                                endpoint=f"native:{self.kind}", model=req.model,
-                                stream=req.stream, status=status, outcome=outcome,
-                                body_size=len(body))
-        await release_response(scope)
+        await adm.settle(ticket, outcome, status=status, body_size=len(body))
         if req.body_ref and gw.bodies is not None:
             await gw.bodies.delete(req.body_ref)
 
     def _route_request(self, scope: Scope, identity: Identity, body: bytes,
-                       request_id: str) -> RouteRequest:
+                       request_id: str) -> tuple[RouteRequest, dict[str, Any]]:
         data = _object(body)
         model, action, stream = self._target(scope, data)
         if not model:
@@ -127,7 +122,8 @@ class NativeEndpoint:
             stream=stream, deadline=time.time() + self.gw.write_timeout,
             key_id=identity.key_id, org_id=identity.org_id,
             team_id=identity.team_id, user_id=identity.user_id,
-            native=NativeCall(kind=self.kind, action=action, query=query, headers=forwarded))
+            native=NativeCall(kind=self.kind, action=action, query=query,
+                              headers=forwarded)), data
 
     def _target(self, scope: Scope, data: dict[str, Any]) -> tuple[str, str, bool]:
         params = scope.get("path_params", {})
@@ -180,14 +176,12 @@ class NativeModelsEndpoint:
     def __init__(self, gateway: Gateway, kind: str) -> None:
         self.gw = gateway
         self.kind = kind
+        self.door = NativeDoor(kind)
         self._created = int(time.time())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            identity = await self.gw.keys.authenticate(credentials(scope, self.kind))
-        except GatewayError as exc:
-            await send_json_error(send, exc.status, native_error_body(
-                self.kind, exc.status, exc.message, type=exc.type, code=exc.code))
+        identity = await admit_listing(self.gw, scope, send, self.door)
+        if identity is None:
             return
         names = []
         for alias in sorted(self.gw.servable):

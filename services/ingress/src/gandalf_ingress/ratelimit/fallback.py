@@ -110,6 +110,11 @@ class FallbackLimiter:
         return await self.local.acquire(key, self._share(rpm), self._share(tpm), tokens)
 
     async def settle(self, key: str, tpm: int, reserved: int, actual: int) -> None:
+        if self.degraded and self.policy == "local":
+            # Redis is down: the acquire was (most likely) the local limiter's.
+            FALLBACK_TOTAL.labels(self.policy, "settle").inc()
+            await self.local.settle(key, self._share(tpm), reserved, actual)
+            return
         ok, _ = await self._try(lambda: self.primary.settle(key, tpm, reserved, actual))
         if ok:
             return

@@ -1,7 +1,16 @@
 """Redis backends: dual token buckets and budget reservations shared by every ingress process.
 
-One round trip per operation: an EVALSHA of a Lua script (NOSCRIPT → EVAL, which also caches
-it; ``load()`` pre-loads all scripts with SCRIPT LOAD). The scripts read the clock with
+One round trip per request: the acquire is one EVALSHA of one Lua script that takes the request
+and the tokens together (NOSCRIPT → EVAL, which also caches it; ``load()`` pre-loads all scripts
+with SCRIPT LOAD), and the calls of one event-loop turn share a pipeline (``autopipe``). The
+settle after the call adds no round trip when it is a refund (the usual case: the estimate
+includes the completion allowance): the refund waits in the process and rides on the key's
+next acquire, which applies it before deciding; what no acquire picks up within
+``REFUND_DELAY`` goes out in one batch. A late refund only makes the bucket stricter, so the
+upper bound stays exact: never more admitted than the limit, across every process sharing the
+store. A charge (usage above the estimate) is sent at once, as before.
+
+The scripts read the clock with
 ``redis.call('TIME')``, so replicas with skewed clocks agree, and keep each key's state in one
 hash ``gandalf:rl:<key>`` (req_tokens, req_ts, req_limit, tok_tokens, tok_ts, tok_limit) with an
 expiry of ``IDLE_TTL`` seconds: after 60 s idle a bucket is full anyway, so expiry loses nothing.
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -24,9 +34,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
+from .autopipe import AutoPipeline
 from .ports import IDLE_TTL, WINDOW, Decision, cap_tokens
 
+log = logging.getLogger("gandalf.ratelimit")
+
 DEFAULT_TIMEOUT = 0.1
+#: Seconds a refund waits for the key's next acquire before it is sent alone.
+REFUND_DELAY = 0.5
 
 _COMMON = """
 local t = redis.call('TIME')
@@ -52,16 +67,19 @@ end
 local function fmt(x) return string.format('%.17g', x) end
 """
 
-#: KEYS[1] = state hash; ARGV = window, ttl, rpm, tpm, tokens (already capped)
+#: KEYS[1] = state hash; ARGV = window, ttl, rpm, tpm, tokens (already capped),
+#: refund (earlier requests' unused tokens, applied first)
 #: returns {allowed (0/1), req level, tok level, retry_after} (levels "-1" when unlimited)
 ACQUIRE_LUA = _COMMON + """
 local rpm = tonumber(ARGV[3])
 local tpm = tonumber(ARGV[4])
 local need = tonumber(ARGV[5])
+local refund = tonumber(ARGV[6]) or 0
 local s = redis.call('HMGET', KEYS[1],
   'req_tokens', 'req_ts', 'req_limit', 'tok_tokens', 'tok_ts', 'tok_limit')
 local req = refresh(s[1], s[2], s[3], rpm)
 local tok = refresh(s[4], s[5], s[6], tpm)
+if tok and refund > 0 then tok = math.min(tpm, tok + refund) end
 
 local wait = 0
 if req and 1 - req > eps then wait = math.max(wait, (1 - req) * window / rpm) end
@@ -188,14 +206,21 @@ class RedisLimiter(_RedisBase):
                  ttl: int = IDLE_TTL) -> None:
         super().__init__(url, client, prefix, timeout)
         self._ttl = ttl
+        self._pipe = AutoPipeline(self._client)
+        #: Unused tokens of finished requests, per key: (tpm, tokens).
+        self._refunds: dict[str, tuple[int, int]] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     async def acquire(self, key: str, rpm: int, tpm: int, tokens: int) -> Decision:
         rpm, tpm = max(rpm, 0), max(tpm, 0)
         need = cap_tokens(tokens, tpm) if tpm > 0 else 0
         if rpm == 0 and tpm == 0:
             return Decision(True, 0, 0, 0, 0, 0.0, 0)
-        res = await self._run(_ACQUIRE, [self._prefix + key],
-                              [WINDOW, self._ttl, rpm, tpm, need])
+        # A refund rides along only when this call touches the token bucket.
+        refund = self._refunds.pop(key, (0, 0))[1] if tpm > 0 else 0
+        async with asyncio.timeout(self._timeout * 3):
+            res = await self._pipe.call(_ACQUIRE, [self._prefix + key],
+                                        [WINDOW, self._ttl, rpm, tpm, need, refund])
         allowed = int(res[0]) == 1
         req, tok, wait = float(res[1]), float(res[2]), float(res[3])
         return Decision(
@@ -211,8 +236,38 @@ class RedisLimiter(_RedisBase):
     async def settle(self, key: str, tpm: int, reserved: int, actual: int) -> None:
         if tpm <= 0 or reserved == actual:
             return
-        await self._run(_SETTLE, [self._prefix + key],
-                        [WINDOW, self._ttl, tpm, int(reserved) - int(actual)])
+        delta = int(reserved) - int(actual)
+        if delta < 0:  # a charge: at once
+            await self._run(_SETTLE, [self._prefix + key], [WINDOW, self._ttl, tpm, delta])
+            return
+        self._refunds[key] = (tpm, self._refunds.get(key, (tpm, 0))[1] + delta)
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        try:
+            await asyncio.sleep(REFUND_DELAY)
+        finally:
+            self._flusher = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Send the refunds no acquire has picked up (one pipeline)."""
+        pending, self._refunds = self._refunds, {}
+        calls = [self._pipe.call(_SETTLE, [self._prefix + key], [WINDOW, self._ttl, tpm, n])
+                 for key, (tpm, n) in pending.items()]
+        try:
+            async with asyncio.timeout(self._timeout * 3):
+                await asyncio.gather(*calls)
+        except Exception as exc:  # noqa: BLE001 - a lost refund only makes the bucket stricter
+            log.debug("rate limiter: refunds not sent (%s)", type(exc).__name__)
+
+    async def aclose(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        await self.flush()
+        await super().aclose()
 
 
 class RedisBudgetReservations(_RedisBase):

@@ -1,0 +1,145 @@
+"""One admission pipeline for every door (universal, native, translated,
+model lists). The steps, in order:
+
+1. authenticate (the door says where its API carries the key)
+2. read the body, 3. route and check the model allowlist (the endpoint)
+4. budget check, 5. cache lookup where the API allows it (universal chat)
+6. RPM/TPM admit, 7. budget reserve (``admit``)
+8. relay, 9. settle: refund/charge the TPM estimate, release the budget
+   reservation and record usage, exactly once (``settle`` / ``refuse``).
+
+A :class:`Door` supplies only what differs per API: its credentials, how to
+estimate tokens from its body shape, and its error shape. A refusal is
+rendered by the door, with ``Retry-After`` and the ``X-Ratelimit-*`` headers
+(the middleware adds those from ``state["headers"]``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from gandalf_common.contract import Usage
+from gandalf_common.errors import GatewayError
+
+from .holdend import release_response
+from .relay import Send, send_json_error
+
+if TYPE_CHECKING:
+    from .auth import Identity
+    from .handlers import Gateway
+    from .ratelimit.ports import Decision
+    from .usage import Outcome
+
+Scope = dict[str, Any]
+_NOTHING = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+
+
+class Door(Protocol):
+    """The API-specific bits of one family of routes."""
+
+    #: The usage event's ``endpoint`` label.
+    endpoint: str
+
+    def credentials(self, scope: Scope) -> str | None:
+        """The caller's key as an ``Authorization`` value (None: anonymous)."""
+        ...
+
+    def estimate(self, action: str, payload: dict[str, Any], body: bytes) -> int:
+        """Tokens to reserve before the call (prompt + completion allowance)."""
+        ...
+
+    def error_body(self, exc: GatewayError) -> bytes:
+        """A whole error response in this API's own shape."""
+        ...
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One request's way through the pipeline: what it holds, and whether
+    its usage was recorded (once)."""
+
+    request_id: str
+    started: float
+    door: Door
+    identity: Identity | None = None
+    model: str = ""
+    stream: bool = False
+    decision: Decision | None = None
+    held: list[tuple[str, str, float]] = field(default_factory=list)
+    recorded: bool = False
+    scope: Scope = field(default_factory=dict)
+
+
+class Admission:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    def open(self, scope: Scope, door: Door) -> Ticket:
+        return Ticket(request_id=scope["state"]["request_id"], started=time.time(), door=door,
+                      scope=scope)
+
+    async def authenticate(self, ticket: Ticket, scope: Scope) -> Identity:
+        ticket.identity = await self.gw.keys.authenticate(ticket.door.credentials(scope))
+        self.gw.usage.admit()  # 503 while too many usage events wait in memory
+        return ticket.identity
+
+    def check_budget(self, ticket: Ticket) -> None:
+        assert ticket.identity is not None
+        self.gw.budgets.check(ticket.identity)
+
+    async def admit(self, ticket: Ticket, scope: Scope, tokens: int, *,
+                    reserve: bool = True) -> None:
+        """Take one request and ``tokens`` (429 when a bucket is empty), then
+        reserve the budget for ``tokens`` (429 when it does not fit; the
+        tokens just taken are handed back)."""
+        identity = ticket.identity
+        assert identity is not None
+        ticket.decision = await self.gw.limits.admit(scope["state"], identity, tokens)
+        if not reserve:
+            return
+        try:
+            ticket.held = await self.gw.budgets.reserve(identity, ticket.model, tokens)
+        except GatewayError:
+            await self.gw.limits.settle(identity, ticket.decision, _NOTHING)
+            ticket.decision = None
+            raise
+
+    async def release(self, ticket: Ticket) -> None:
+        held, ticket.held = ticket.held, []
+        await self.gw.budgets.release(held)
+
+    async def refuse(self, ticket: Ticket, send: Send, exc: GatewayError) -> None:
+        """Answer a refusal in the door's shape; release what is held; record
+        the refusal if the caller is known."""
+        await self.release(ticket)
+        if ticket.decision is not None and ticket.identity is not None:
+            await self.gw.limits.settle(ticket.identity, ticket.decision, _NOTHING)
+            ticket.decision = None
+        await send_json_error(send, exc.status, ticket.door.error_body(exc), exc.retry_after)
+        await self.record(ticket, status=exc.status, error=exc.code or exc.type or "")
+
+    async def settle(self, ticket: Ticket, outcome: Outcome, *, status: int,
+                     body_size: int = 0, cached: bool = False) -> None:
+        """After the answer: usage recorded, reservation released, TPM settled
+        with the usage sniffed from the response (an unknown usage keeps the
+        estimate)."""
+        await self.record(ticket, status=status, outcome=outcome, body_size=body_size,
+                          cached=cached)
+        await self.release(ticket)
+        if ticket.identity is not None and ticket.decision is not None:
+            await self.gw.limits.settle(ticket.identity, ticket.decision, outcome.usage)
+            ticket.decision = None
+
+    async def record(self, ticket: Ticket, *, status: int, outcome: Outcome | None = None,
+                     body_size: int = 0, error: str = "", cached: bool = False) -> None:
+        if ticket.recorded or ticket.identity is None:
+            return
+        ticket.recorded = True
+        await self.gw.usage.finished(
+            request_id=ticket.request_id, started=ticket.started, identity=ticket.identity,
+            endpoint=ticket.door.endpoint, model=ticket.model, stream=ticket.stream,
+            status=status, outcome=outcome, body_size=body_size, error=error, cached=cached)
+        # Stored: the answer may end now, before the bookkeeping that follows.
+        await release_response(ticket.scope)
