@@ -53,6 +53,7 @@ def _env(tmp: Path) -> dict[str, str]:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("GANDALF_")}
     env[ENV_KEY] = generate_key()
+    env["GANDALF_BUS_SECRET"] = "stop-test-bus-secret-" + "0" * 32
     env["GANDALF_DATA_DIR"] = str(tmp / "state")
     return env
 

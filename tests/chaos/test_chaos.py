@@ -250,8 +250,13 @@ def test_books_balance_after(up: Up, name: str) -> None:
     answered = [o.request_id for o in outcomes if o.complete]
     # Rows arrive once the usage service (maybe restarting) catches up.
     deadline = time.monotonic() + 60
+    found: set[str] = set()
+    total = 0
     while True:
-        found, total = asyncio.run(_rows(up, answered, since))
+        try:
+            found, total = asyncio.run(_rows(up, answered, since))
+        except (OSError, asyncpg.PostgresError):
+            pass  # PostgreSQL still coming back
         if len(found) == len(answered) or time.monotonic() > deadline:
             break
         time.sleep(0.5)

@@ -24,7 +24,7 @@ from gandalf_common.errors import error_type_for
 from .auth import Auth
 from .base import NativeResponse, ProviderResponse, StreamItem, UpstreamFailure, unsupported
 from .http import UpstreamHTTP, decode_json, read_ok
-from .native import forward, sniffer_for
+from .native import forward, rewrite_model, sniffer_for
 from .streams import SSEError, iter_sse
 
 
@@ -216,14 +216,16 @@ class OpenAIProvider:
     async def native(self, call: NativeCall, body: bytes, target_model: str, *,
                      stream: bool, ttfb_timeout: float) -> NativeResponse:
         """Azure-style deployment paths (``/openai/deployments/{d}/...``): the
-        client's body byte for byte (Azure takes the deployment from the URL),
-        sent to this provider's URL for the target deployment."""
+        client's body byte for byte to an Azure deployment (the URL names
+        it); an OpenAI-style URL names no model, so there the body's model
+        becomes the target's and nothing else changes."""
         op = _AZURE_ACTIONS.get(call.action)
         if call.kind != KIND_AZURE or op is None:
             raise unsupported(self.name, f"native {call.kind} {call.action}")
         model = self._models.get(target_model, target_model)
         return await forward(self.name, self._http, self._auth, self._url(op, model),
-                             dict(self._headers), body,
+                             dict(self._headers),
+                             body if self._azure else rewrite_model(body, model),
                              sniffer_for(KIND_AZURE, stream=stream), ttfb_timeout=ttfb_timeout)
 
     async def aclose(self) -> None:
