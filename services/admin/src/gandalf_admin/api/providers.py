@@ -3,7 +3,10 @@
 Bodies are ``ProviderConfig`` plus ``id`` (defaults to ``name``); they pass the
 YAML loader's validation (``cfgcheck``) and the URL guard (``urlcheck``).
 PUT is a full replace, except that secrets follow ``secrets.merge`` (absent
-keeps the stored one). Responses never carry a secret, only its mask.
+keeps the stored one), unless the destination changes (base_url, type,
+hosting, region, project, auth type/authority/credentials file): then every
+stored secret must be sent again (400 ``secret_required``). Responses never
+carry a secret, only its mask.
 """
 
 from __future__ import annotations
@@ -133,6 +136,29 @@ def build_row(provider_id: str, body: ProviderBody, current: ProviderRow | None,
         secrets_enc=sealed.secrets_enc, secret_hints=sealed.hints)
 
 
+#: Where a provider's secrets are sent: changing any of these sends them to
+#: someone else, so the change must come with the secrets again.
+_DESTINATION = ("type", "base_url", "hosting", "region", "project", "auth_type")
+_DESTINATION_AUTH = ("authority_host", "credentials_file")
+
+
+def _check_secret_rebind(current: ProviderRow, row: ProviderRow,
+                         wanted: dict[str, Any]) -> None:
+    """400 ``secret_required`` when the destination changes but a stored secret
+    would silently follow it (a base_url edit must not leak the api key)."""
+    moved = [f for f in _DESTINATION if getattr(current, f) != getattr(row, f)]
+    moved += [f"auth.{f}" for f in _DESTINATION_AUTH
+              if current.auth.get(f, "") != row.auth.get(f, "")]
+    if not moved:
+        return
+    kept = secrets.kept(wanted, current)
+    if kept:
+        raise bad_request(
+            f"changing {', '.join(moved)} requires sending the provider's secrets again "
+            f"({', '.join(kept)}): the stored ones are not sent to a new destination",
+            kept[0], code="secret_required")
+
+
 async def list_providers(req: Request, access: Access, deps: Deps) -> AdminResponse:
     page = page_of(req.query)
     async with deps.store.read() as repos:
@@ -176,7 +202,9 @@ async def replace_provider(req: Request, access: Access, deps: Deps) -> AdminRes
         current = await w.repos.providers.get(provider_id)
         if current is None:
             raise not_found("provider")
-        saved = await w.repos.providers.update(build_row(provider_id, body, current, deps))
+        row = build_row(provider_id, body, current, deps)
+        _check_secret_rebind(current, row, _wanted_secrets(body))
+        saved = await w.repos.providers.update(row)
         assert saved is not None
         w.put_provider(saved)
     return json_response(200, provider_view(saved))
