@@ -118,7 +118,12 @@ class JwtConfig(_Base, kw_only=True, frozen=True):
     leeway: Duration = 60.0
     claims: JwtClaimsConfig = msgspec.field(default_factory=JwtClaimsConfig)
     default_role: str = "member"
-    default_org: str = "default"
+    #: The org of tokens without an org claim; "" refuses them (401). Such a
+    #: token never becomes a global admin (role admin in org ``default``).
+    default_org: str = ""
+    #: Accept org claims naming an org the gateway does not know (managed
+    #: mode); false refuses them with 401.
+    allow_unknown_orgs: bool = False
 
 
 class AuthConfig(_Base, kw_only=True, frozen=True):

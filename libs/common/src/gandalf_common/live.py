@@ -143,7 +143,8 @@ def jwt_settings(j: JwtConfig) -> JwtSettings:
         enabled=j.enabled, issuer=j.issuer, audience=list(j.audience), jwks_url=j.jwks_url,
         algorithms=list(j.algorithms), leeway_s=float(j.leeway),
         claims=ClaimMapping(user=c.user, org=c.org, team=c.team, role=c.role),
-        default_role=j.default_role, default_org=j.default_org)
+        default_role=j.default_role, default_org=j.default_org,
+        allow_unknown_orgs=j.allow_unknown_orgs)
 
 
 # ---------------------------------------------------------------- the view

@@ -159,9 +159,10 @@ class JwtSettings(Struct, frozen=True, kw_only=True, omit_defaults=True):
     algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256", "ES256"])
     leeway_s: float = 60.0
     claims: ClaimMapping = ClaimMapping()
-    #: Used when the token has no role / org claim.
+    #: Used when the token has no role / org claim ("" org: refuse the token).
     default_role: str = "member"
-    default_org: str = "default"
+    default_org: str = ""
+    allow_unknown_orgs: bool = False
 
 
 encode_record = msgspec.msgpack.Encoder().encode
