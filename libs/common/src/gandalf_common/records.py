@@ -133,6 +133,7 @@ class ProviderRecord(Struct, frozen=True, kw_only=True, omit_defaults=True):
     credentials_file: str = ""
     access_key_id: str = ""
     secrets_enc: str = ""
+    allow_custom_endpoint: bool = False
 
 
 class ProviderSecrets(Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -23,7 +23,7 @@ from ..cfgcheck import check_jwt
 from ..deps import Deps
 from ..errors import bad_request
 from ..jwt_settings import jwt_from_config, jwt_from_json, jwt_to_json, jwt_view
-from ..urlcheck import check_url
+from ..urlcheck import check_resolved, check_url
 from ..validate import ModelName
 from ..wire import Request, decode_body, json_response, no_content
 
@@ -81,6 +81,7 @@ async def configure_jwt(req: Request, access: Access, deps: Deps) -> AdminRespon
         # The ingress fetches it: no metadata addresses (the upstream allowlist
         # is for providers, not identity providers).
         check_url(cfg.jwks_url, deps.cfg.security, "jwks_url", use_allowlist=False)
+        await check_resolved(cfg.jwks_url, deps.cfg.security, "jwks_url")
     settings = jwt_from_config(cfg)
     async with deps.repl.write() as w:
         if settings.default_org and await w.repos.orgs.get(settings.default_org) is None:

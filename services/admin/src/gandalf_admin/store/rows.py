@@ -88,6 +88,7 @@ class ProviderRow(Struct, kw_only=True, frozen=True):
     secrets_enc: str = ""
     #: Secret field name -> masked form, for responses.
     secret_hints: dict[str, str] = {}
+    allow_custom_endpoint: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None
 

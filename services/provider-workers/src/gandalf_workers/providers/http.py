@@ -19,6 +19,9 @@ import httpx
 import msgspec
 from httpx_aiohttp import AiohttpTransport
 
+from gandalf_common.config import SecurityConfig
+from gandalf_common.netguard import guarded_socket_factory
+
 from .auth import Auth
 from .base import UpstreamFailure
 
@@ -31,13 +34,17 @@ READ_IDLE_S = 300.0
 
 
 class UpstreamHTTP:
-    def __init__(self, name: str, *, max_connections: int, connect_timeout: float) -> None:
+    def __init__(self, name: str, *, max_connections: int, connect_timeout: float,
+                 security: SecurityConfig | None = None) -> None:
         self.name = name
         limit = max(1, max_connections)
+        # Every resolved address is judged right before its connect (SSRF,
+        # DNS rebinding); see gandalf_common.netguard.
+        factory = guarded_socket_factory(security or SecurityConfig())
 
         def session() -> aiohttp.ClientSession:
             connector = aiohttp.TCPConnector(limit=limit, keepalive_timeout=90,
-                                             ttl_dns_cache=300)
+                                             ttl_dns_cache=300, socket_factory=factory)
             return aiohttp.ClientSession(connector=connector,
                                          cookie_jar=aiohttp.DummyCookieJar(),
                                          auto_decompress=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gandalf_common.config import ProviderConfig
+from gandalf_common.config import ProviderConfig, SecurityConfig
 
 from .auth import Auth as Auth
 from .auth import AwsSigV4, EntraClientCredentials, GoogleADC, HeaderKey, NoAuth
@@ -35,13 +35,13 @@ def build_auth(cfg: ProviderConfig) -> Auth:
     return HeaderKey(header, cfg.api_key)
 
 
-def build_provider(cfg: ProviderConfig) -> Provider:
+def build_provider(cfg: ProviderConfig, security: SecurityConfig | None = None) -> Provider:
     """The adapter for one provider instance, with its own keep-alive pool.
 
     ``timeout_ms`` bounds connect + first byte, never a running stream.
     """
     http = UpstreamHTTP(cfg.name, max_connections=cfg.max_concurrency,
-                        connect_timeout=cfg.timeout_ms / 1000)
+                        connect_timeout=cfg.timeout_ms / 1000, security=security)
     auth = build_auth(cfg)
     if cfg.type == "anthropic":
         from .anthropic import AnthropicProvider
