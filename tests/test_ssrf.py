@@ -182,3 +182,26 @@ async def test_admin_api_applies_the_endpoint_rule(nats_url: str, fresh_pg_dsn: 
         status, payload = await admin.call("POST", "/admin/v1/providers", body={
             **body, "name": "br2", "base_url": ""})  # the official default
         assert status == 201, payload
+
+
+async def test_entra_token_request_passes_the_same_guard() -> None:
+    """The client secret goes to authority_host: refused there too when the
+    name resolves to a forbidden address at connect time."""
+    from gandalf_workers.providers.auth import EntraClientCredentials
+    from mock_cloud import MOCK_ENTRA_CLIENT
+
+    client_id, secret = MOCK_ENTRA_CLIENT
+    with MockUpstream() as mock:
+        authority = f"http://localhost:{mock.port}"
+        for security, reaches in ((DEFAULT, True), (STRICT, False)):
+            auth = EntraClientCredentials("az", tenant_id="t", client_id=client_id,
+                                          client_secret=secret, authority=authority,
+                                          security=security)
+            before = len(mock.token_requests)
+            if reaches:
+                await auth._fetch()
+            else:
+                with pytest.raises(UpstreamFailure) as info:
+                    await auth._fetch()
+                assert info.value.code == "upstream_auth_error"
+            assert (len(mock.token_requests) > before) == reaches

@@ -20,10 +20,10 @@ import msgspec
 from httpx_aiohttp import AiohttpTransport
 
 from gandalf_common.config import SecurityConfig
-from gandalf_common.netguard import guarded_socket_factory
 
 from .auth import Auth
 from .base import UpstreamFailure
+from .guarded import guarded_connector
 
 #: Builds a provider's failure from an error answer: (provider, status, body, headers).
 FailureFactory = Callable[[str, int, bytes, httpx.Headers], UpstreamFailure]
@@ -40,11 +40,11 @@ class UpstreamHTTP:
         limit = max(1, max_connections)
         # Every resolved address is judged right before its connect (SSRF,
         # DNS rebinding); see gandalf_common.netguard.
-        factory = guarded_socket_factory(security or SecurityConfig())
+        guard = security or SecurityConfig()
 
         def session() -> aiohttp.ClientSession:
-            connector = aiohttp.TCPConnector(limit=limit, keepalive_timeout=90,
-                                             ttl_dns_cache=300, socket_factory=factory)
+            connector = guarded_connector(guard, limit=limit, keepalive_timeout=90,
+                                          ttl_dns_cache=300)
             return aiohttp.ClientSession(connector=connector,
                                          cookie_jar=aiohttp.DummyCookieJar(),
                                          auto_decompress=False)

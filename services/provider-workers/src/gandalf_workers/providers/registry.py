@@ -14,7 +14,7 @@ _KEY_HEADERS = {"openai": "authorization", "anthropic": "x-api-key",
                 "gemini": "x-goog-api-key", "ollama": "authorization"}
 
 
-def build_auth(cfg: ProviderConfig) -> Auth:
+def build_auth(cfg: ProviderConfig, security: SecurityConfig | None = None) -> Auth:
     auth = cfg.auth
     if auth.type == "gcp_oauth":
         return GoogleADC(cfg.name, auth.credentials_file)
@@ -27,7 +27,8 @@ def build_auth(cfg: ProviderConfig) -> Auth:
         return EntraClientCredentials(cfg.name, tenant_id=auth.tenant_id,
                                       client_id=auth.client_id,
                                       client_secret=auth.client_secret,
-                                      authority=auth.authority_host, **kwargs)
+                                      authority=auth.authority_host, security=security,
+                                      **kwargs)
     if not cfg.api_key:
         return NoAuth()  # a local Ollama or vLLM without keys
     header = "api-key" if cfg.hosting == "azure" else _KEY_HEADERS.get(cfg.type,
@@ -42,7 +43,7 @@ def build_provider(cfg: ProviderConfig, security: SecurityConfig | None = None) 
     """
     http = UpstreamHTTP(cfg.name, max_connections=cfg.max_concurrency,
                         connect_timeout=cfg.timeout_ms / 1000, security=security)
-    auth = build_auth(cfg)
+    auth = build_auth(cfg, security)
     if cfg.type == "anthropic":
         from .anthropic import AnthropicProvider
         return AnthropicProvider(cfg, http, auth)
