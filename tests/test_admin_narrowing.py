@@ -138,3 +138,19 @@ async def test_minted_keys_die_with_their_parent(nats_url: str, fresh_pg_dsn: st
         async with admin.db() as conn:
             assert await conn.fetchval("SELECT count(*) FROM api_keys WHERE org_id = 'acme'") \
                 == 0
+
+
+async def test_minted_budget_is_capped_by_what_the_member_has_left(
+        nats_url: str, fresh_pg_dsn: str) -> None:
+    async with admin_service(nats_url, fresh_pg_dsn) as admin:
+        alice = await setup_org(admin)  # max_budget 5.0 daily
+        async with admin.db() as conn:
+            await conn.execute(
+                "INSERT INTO usage_records (request_id, key_id, org_id, cost_usd, created_at)"
+                " VALUES ('r-today', $1, 'acme', 3, now()),"
+                " ('r-old', $1, 'acme', 100, now() - interval '3 days')", alice.key_id)
+        status, payload = await admin.call("POST", KEYS, body={"max_budget": 2.5}, caller=alice)
+        assert status == 403 and payload["error"]["param"] == "max_budget"
+        assert "at most 2" in payload["error"]["message"]
+        status, key = await admin.call("POST", KEYS, body={}, caller=alice)
+        assert status == 201 and key["max_budget"] == 2.0  # inherited: what is left today
