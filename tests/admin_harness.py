@@ -87,6 +87,20 @@ class AdminClient:
         resp = await self.request(method, path, body=body, query=query, caller=caller)
         return resp.status, (msgspec.json.decode(resp.body) if resp.body else None)
 
+    async def member(self, org_id: str = "default", *, user_id: str = "", team_id: str = "",
+                     role: str = "member", **fields: Any) -> Caller:
+        """A caller authenticated with a real key (created by the global admin):
+        members' key writes are bounded by the key they authenticate with."""
+        body: dict[str, Any] = {"org_id": org_id, "role": role, **fields}
+        if user_id:
+            body["user_id"] = user_id
+        if team_id:
+            body["team_id"] = team_id
+        status, key = await self.call("POST", "/admin/v1/keys", body=body)
+        assert status == 201, key
+        return Caller(key_id=key["id"], org_id=org_id, role=role, user_id=user_id,
+                      team_id=team_id)
+
     # ------------------------------------------------------------ KV
 
     async def kv(self, bucket: str) -> dict[str, bytes]:

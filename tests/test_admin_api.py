@@ -27,7 +27,7 @@ from gandalf_common.records import (
 
 KEY_FIELDS = {"id", "name", "key_prefix", "user_id", "team_id", "org_id", "role",
               "allowed_models", "rpm_limit", "tpm_limit", "max_budget", "budget_period",
-              "expires_at", "blocked", "last_used_at", "created_at"}
+              "expires_at", "blocked", "last_used_at", "created_at", "parent_key_id"}
 
 
 async def _error(admin: AdminClient, method: str, path: str, body: Any = None,

@@ -34,13 +34,17 @@ async def test_every_role_on_every_route(nats_url: str, fresh_pg_dsn: str) -> No
         status, _ = await admin.call("POST", "/admin/v1/organizations",
                                      body={"id": "acme", "name": "Acme"})
         assert status == 201
+        roles = dict(ROLES)
+        for name in ("member", "default member"):  # members need a key that exists
+            who = roles[name]
+            roles[name] = await admin.member(who.org_id, user_id=who.user_id)
         seen = set()
         for route in ROUTES:
             seen.add((route.method, route.pattern))
             # Ids that do not exist: nothing is destroyed, and 404 is not 403.
             path = route.pattern.replace("{id}", "does-not-exist")
             body = {} if route.method in ("POST", "PUT") else None
-            for name, who in ROLES.items():
+            for name, who in roles.items():
                 status, payload = await admin.call(route.method, path, body=body, caller=who)
                 forbidden = _expect_forbidden(route, who)
                 assert (status == 403) == forbidden, (name, route.method, path, status, payload)
@@ -107,11 +111,11 @@ async def test_org_admin_cannot_reach_another_org(nats_url: str, fresh_pg_dsn: s
 
 
 async def test_member_manages_only_its_own_keys(nats_url: str, fresh_pg_dsn: str) -> None:
-    alice = caller("member", "alpha", key_id="k-alice", user_id="alice")
-    bob = caller("member", "alpha", key_id="k-bob", user_id="bob")
-    anon = caller("member", "alpha", key_id="k-anon")  # an API key without a user
     async with admin_service(nats_url, fresh_pg_dsn) as admin:
         await _setup_two_orgs(admin)
+        alice = await admin.member("alpha", user_id="alice")
+        bob = await admin.member("alpha", user_id="bob")
+        anon = await admin.member("alpha")  # an API key without a user
         status, mine = await admin.call("POST", "/admin/v1/keys", body={"name": "mine"},
                                         caller=alice)
         assert status == 201 and mine["user_id"] == "alice" and mine["org_id"] == "alpha"
@@ -121,7 +125,8 @@ async def test_member_manages_only_its_own_keys(nats_url: str, fresh_pg_dsn: str
         status, anon_key = await admin.call("POST", "/admin/v1/keys", body={}, caller=anon)
         assert status == 201 and anon_key["user_id"] is None
         status, listing = await admin.call("GET", "/admin/v1/keys", caller=alice)
-        assert {k["id"] for k in listing["data"]} == {mine["id"], for_alice["id"]}
+        assert {k["id"] for k in listing["data"]} == {mine["id"], for_alice["id"],
+                                                      alice.key_id}
         for who in (bob, anon):
             status, _ = await admin.call("GET", f"/admin/v1/keys/{mine['id']}", caller=who)
             assert status == 404
@@ -129,7 +134,7 @@ async def test_member_manages_only_its_own_keys(nats_url: str, fresh_pg_dsn: str
             assert status == 404
         # The creator of a user-less key manages it (created_by).
         status, listing = await admin.call("GET", "/admin/v1/keys", caller=anon)
-        assert [k["id"] for k in listing["data"]] == [anon_key["id"]]
+        assert {k["id"] for k in listing["data"]} == {anon_key["id"], anon.key_id}
         status, _ = await admin.call("PUT", f"/admin/v1/keys/{anon_key['id']}",
                                      body={"rpm_limit": 5}, caller=anon)
         assert status == 200

@@ -209,7 +209,8 @@ def test_state_dir_lock_freed_when_holder_dies(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- Postgres
 
 
-ALL_MIGRATIONS = ["001_initial", "002_governance", "003_admin", "004_usage"]
+ALL_MIGRATIONS = ["001_initial", "002_governance", "003_admin", "004_usage",
+                  "005_key_parent", "006_provider_endpoint"]
 
 
 def test_migrations_are_packaged_in_order() -> None:

@@ -247,3 +247,61 @@ async def test_jwt_configured_through_the_admin_api(managed: ManagedGateway,
         async with admin(managed, org_admin) as api:
             assert (await api.get("/providers")).status_code == 403
             assert (await api.get("/keys")).status_code == 200
+
+
+async def test_jwt_org_claim_is_required_and_must_name_a_known_org(
+        managed: ManagedGateway, upstream: Any) -> None:
+    """No org claim: refused unless ``default_org`` is set, and even then never
+    a global admin; an org claim naming an unknown org: refused unless
+    ``allow_unknown_orgs``. Real signed tokens through the public port."""
+    import time
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from jwks_server import JwksServer, Key
+
+    signer = Key(rsa.generate_private_key(public_exponent=65537, key_size=2048), "k2", "RS256")
+    issuer = "https://idp.test/realms/orgs"
+    now = int(time.time())
+
+    def token(**claims: Any) -> str:
+        return signer.sign({"iss": issuer, "aud": "gandalf", "sub": "carol", "exp": now + 300,
+                            **claims})
+
+    async def configure(**extra: Any) -> None:
+        async with admin(managed) as api:
+            r = await api.post("/auth/configure", json={
+                "enabled": True, "issuer": issuer, "audience": ["gandalf"],
+                "jwks_url": jwks.url, "algorithms": ["RS256"], **extra})
+            assert r.status_code in (200, 201), r.text
+
+    async def refused(key: str) -> None:
+        with pytest.raises(openai.AuthenticationError):
+            await chat(managed, key)
+
+    with JwksServer([signer.jwk]) as jwks:
+        async with admin(managed) as api:
+            r = await api.post("/organizations", json={"id": "known-org", "name": "Known"})
+            assert r.status_code == 201, r.text
+        await configure()  # default_org unset
+        known = token(org_id="known-org", role="member")
+        await eventually(lambda: chat(managed, known))
+        await refused(token(role="member"))  # no org claim, no default_org
+        await refused(token(org_id="nobody-knows-this-org", role="member"))
+        # A global admin only by naming the default org, never by falling back to it.
+        await configure(default_org="default")
+        no_org_admin = token(role="admin")
+
+        async def refused_admin() -> None:
+            async with admin(managed, no_org_admin) as api:
+                r = await api.get("/providers")
+                assert r.status_code == 401, r.text
+
+        await eventually(refused_admin)
+        await eventually(lambda: chat(managed, token(role="member")))
+        async with admin(managed, token(role="admin", org_id="default")) as api:
+            assert (await api.get("/providers")).status_code == 200
+        # Unknown orgs only when configured.
+        await configure(allow_unknown_orgs=True)
+        await eventually(lambda: chat(managed, token(org_id="nobody-knows-this-org",
+                                                     role="member")))

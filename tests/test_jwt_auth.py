@@ -152,6 +152,27 @@ async def test_missing_or_unknown_role_and_org_use_defaults(server: JwksServer,
     await v.aclose()
 
 
+async def test_no_org_claim_needs_default_org_and_never_makes_a_global_admin(
+        server: JwksServer, keys: dict[str, Key], clock: Clock) -> None:
+    v = make(server.url, clock)  # default_org unset
+    assert await refused(v, keys["rsa"].sign(claims(org_id=None, role="member"))) == \
+        "missing org claim (org_id)"
+    v = make(server.url, clock, default_org="default")
+    assert await refused(v, keys["rsa"].sign(claims(org_id=None, role="admin"))) == \
+        "an admin token must name its organization (org_id)"
+    admin_default = make(server.url, clock, default_org="default", default_role="admin")
+    assert await refused(admin_default, keys["rsa"].sign(claims(org_id=None, role=None))) == \
+        "an admin token must name its organization (org_id)"
+    ident = await v.verify(keys["rsa"].sign(claims(org_id=None, role="member")))
+    assert (ident.org_id, ident.role, ident.org_claimed) == ("default", "member", False)
+    ident = await v.verify(keys["rsa"].sign(claims(org_id="default", role="admin")))
+    assert (ident.org_id, ident.role, ident.org_claimed) == ("default", "admin", True)
+    # An org admin through the fallback is fine: only the default org is global.
+    v = make(server.url, clock, default_org="acme")
+    ident = await v.verify(keys["rsa"].sign(claims(org_id=None, role="admin")))
+    assert (ident.org_id, ident.role) == ("acme", "admin")
+
+
 async def test_missing_user_claim_is_refused(server: JwksServer, keys: dict[str, Key],
                                              clock: Clock) -> None:
     v = make(server.url, clock)
@@ -197,11 +218,13 @@ async def test_dex_example_config_maps_a_dex_shaped_id_token(keys: dict[str, Key
                "sub": "CiQwOGE4Njg0Yi1kYjg4LTRiNzMtOTBhOS0zY2QxNjYxZjU0NjYSBWxvY2Fs",
                "at_hash": "x", "email": "admin@example.com", "email_verified": True,
                "name": "admin"}
-        ident = await v.verify(keys["rsa"].sign({**dex, "groups": ["admin"]}))
-        assert (ident.subject, ident.role, ident.org_id, ident.team_id) == \
-            (dex["sub"], "admin", "default", "")
+        # No org claim: default_org, but never a global admin that way.
+        assert await refused(v, keys["rsa"].sign({**dex, "groups": ["admin"]})) == \
+            "an admin token must name its organization (org_id)"
         ident = await v.verify(keys["rsa"].sign({**dex, "groups": ["developers"]}))
-        assert ident.role == "member"
+        assert (ident.subject, ident.role, ident.org_id, ident.team_id) == \
+            (dex["sub"], "member", "default", "")
+        assert not ident.org_claimed
         ident = await v.verify(keys["rsa"].sign({**dex, "groups": ["viewer"]}))
         assert ident.role == "viewer"
         assert await refused(v, keys["rsa"].sign({**dex, "aud": "other-client"})) == \

@@ -129,7 +129,12 @@ class JwtConfig(_Base, kw_only=True, frozen=True):
     leeway: Duration = 60.0
     claims: JwtClaimsConfig = msgspec.field(default_factory=JwtClaimsConfig)
     default_role: str = "member"
-    default_org: str = "default"
+    #: The org of tokens without an org claim; "" refuses them (401). Such a
+    #: token never becomes a global admin (role admin in org ``default``).
+    default_org: str = ""
+    #: Accept org claims naming an org the gateway does not know (managed
+    #: mode); false refuses them with 401.
+    allow_unknown_orgs: bool = False
 
 
 class AuthConfig(_Base, kw_only=True, frozen=True):
@@ -139,13 +144,20 @@ class AuthConfig(_Base, kw_only=True, frozen=True):
 
 
 class SecurityConfig(_Base, kw_only=True, frozen=True):
-    """Where provider base URLs may point (checked on every admin write)."""
+    """Where provider base URLs may point: checked on every admin write (URL
+    text and resolved addresses) and by the workers right before connecting
+    (see ``netguard``)."""
 
     #: Hosts (``api.openai.com``, ``*.openai.azure.com``) or CIDRs; empty = any
-    #: host except cloud metadata and link-local addresses.
+    #: host except cloud metadata and link-local addresses. A CIDR here also
+    #: permits its addresses at connect time whatever the switches below say.
     upstream_allowlist: list[str] = []
-    #: Refuse 169.254.0.0/16, fe80::/10 and metadata host names.
+    #: Refuse 169.254.0.0/16, fe80::/10, metadata host names and every IPv6
+    #: form that embeds such an address (NAT64, mapped, 6to4, Teredo).
     block_metadata: bool = True
+    #: Also refuse loopback, private, unique-local and CGNAT addresses. Off by
+    #: default: local model servers (127.0.0.1, 10.x) are common upstreams.
+    block_private: bool = False
 
 
 class RateLimitsConfig(_Base, kw_only=True, frozen=True):
@@ -273,6 +285,9 @@ class ProviderConfig(_Base, kw_only=True, frozen=True):
     #: Prices of this provider's models (override ``pricing``), by model name.
     pricing: dict[str, PriceConfig] = {}
     auth: ProviderAuthConfig = msgspec.field(default_factory=ProviderAuthConfig)
+    #: Vertex/Bedrock with the host's own credentials (ADC, instance role):
+    #: permit a base_url other than the cloud's official endpoint.
+    allow_custom_endpoint: bool = False
 
 
 class RouteTargetConfig(_Base, kw_only=True, frozen=True):

@@ -27,6 +27,7 @@ from .config import (
     RouteConfig,
 )
 from .configload import ConfigError, ConvertContext
+from .endpoints import endpoint_problem
 
 
 class Validator:
@@ -181,6 +182,11 @@ class Validator:
             for f in ("weight", "max_rps", "max_concurrency", "timeout_ms"):
                 self.min(getattr(p, f), 0, f"{path}.{f}")
             base_url = self.hosted_base_url(p, ptype, hosting, auth_type, path)
+            problem = endpoint_problem(msgspec.structs.replace(
+                p, hosting=hosting, base_url=base_url,
+                auth=msgspec.structs.replace(p.auth, type=auth_type)))
+            if problem is not None:
+                raise self.error(problem, path + ".base_url")
             out.append(msgspec.structs.replace(
                 p, type=ptype, hosting=hosting, base_url=base_url,
                 api_version=p.api_version.strip() or (DEFAULT_AZURE_API_VERSION

@@ -92,7 +92,7 @@ def provider_record(cfg: ProviderConfig, box: SecretBox | None) -> ProviderRecor
         model_map=dict(cfg.model_map), auth_type=a.type or "api_key", tenant_id=a.tenant_id,
         client_id=a.client_id, authority_host=a.authority_host, scope=a.scope,
         credentials_file=a.credentials_file, access_key_id=a.access_key_id,
-        secrets_enc=sealed)
+        secrets_enc=sealed, allow_custom_endpoint=cfg.allow_custom_endpoint)
 
 
 def provider_config(record: ProviderRecord, box: SecretBox | None) -> ProviderConfig:
@@ -117,7 +117,8 @@ def provider_config(record: ProviderRecord, box: SecretBox | None) -> ProviderCo
         enabled=record.enabled, max_rps=record.max_rps, max_concurrency=record.max_concurrency,
         timeout_ms=record.timeout_ms, hosting=record.hosting, region=record.region,
         project=record.project, api_version=record.api_version,
-        model_map=dict(record.model_map), auth=auth)
+        model_map=dict(record.model_map), auth=auth,
+        allow_custom_endpoint=record.allow_custom_endpoint)
 
 
 def route_record(cfg: RouteConfig, route_id: str = "") -> RouteRecord:
@@ -143,7 +144,8 @@ def jwt_settings(j: JwtConfig) -> JwtSettings:
         enabled=j.enabled, issuer=j.issuer, audience=list(j.audience), jwks_url=j.jwks_url,
         algorithms=list(j.algorithms), leeway_s=float(j.leeway),
         claims=ClaimMapping(user=c.user, org=c.org, team=c.team, role=c.role),
-        default_role=j.default_role, default_org=j.default_org)
+        default_role=j.default_role, default_org=j.default_org,
+        allow_unknown_orgs=j.allow_unknown_orgs)
 
 
 # ---------------------------------------------------------------- the view

@@ -133,6 +133,7 @@ class ProviderRecord(Struct, frozen=True, kw_only=True, omit_defaults=True):
     credentials_file: str = ""
     access_key_id: str = ""
     secrets_enc: str = ""
+    allow_custom_endpoint: bool = False
 
 
 class ProviderSecrets(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -159,9 +160,10 @@ class JwtSettings(Struct, frozen=True, kw_only=True, omit_defaults=True):
     algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256", "ES256"])
     leeway_s: float = 60.0
     claims: ClaimMapping = ClaimMapping()
-    #: Used when the token has no role / org claim.
+    #: Used when the token has no role / org claim ("" org: refuse the token).
     default_role: str = "member"
-    default_org: str = "default"
+    default_org: str = ""
+    allow_unknown_orgs: bool = False
 
 
 encode_record = msgspec.msgpack.Encoder().encode

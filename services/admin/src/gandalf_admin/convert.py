@@ -54,7 +54,8 @@ def provider_record(row: ProviderRow) -> ProviderRecord:
         tenant_id=a.get("tenant_id", ""), client_id=a.get("client_id", ""),
         authority_host=a.get("authority_host", ""), scope=a.get("scope", ""),
         credentials_file=a.get("credentials_file", ""),
-        access_key_id=a.get("access_key_id", ""), secrets_enc=row.secrets_enc)
+        access_key_id=a.get("access_key_id", ""), secrets_enc=row.secrets_enc,
+        allow_custom_endpoint=row.allow_custom_endpoint)
 
 
 def route_record(row: RouteRow) -> RouteRecord:

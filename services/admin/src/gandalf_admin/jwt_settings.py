@@ -25,7 +25,8 @@ def config_from_jwt(s: JwtSettings) -> JwtConfig:
         enabled=s.enabled, issuer=s.issuer, audience=list(s.audience), jwks_url=s.jwks_url,
         algorithms=list(s.algorithms), leeway=s.leeway_s,
         claims=JwtClaimsConfig(user=c.user, org=c.org, team=c.team, role=c.role),
-        default_role=s.default_role, default_org=s.default_org)
+        default_role=s.default_role, default_org=s.default_org,
+        allow_unknown_orgs=s.allow_unknown_orgs)
 
 
 def jwt_from_json(raw: bytes) -> JwtSettings:
@@ -44,6 +45,7 @@ def jwt_view(s: JwtSettings) -> dict[str, Any]:
         "jwks_url": s.jwks_url, "algorithms": list(s.algorithms), "leeway_s": s.leeway_s,
         "claims": {"user": c.user, "org": c.org, "team": c.team, "role": c.role},
         "default_role": s.default_role, "default_org": s.default_org,
+        "allow_unknown_orgs": s.allow_unknown_orgs,
     }
 
 

@@ -43,6 +43,13 @@ class Sealed:
     check: dict[str, str]
 
 
+def kept(wanted: dict[str, Any], current: ProviderRow) -> list[str]:
+    """Stored secrets the body leaves in place (absent, or echoed masked)."""
+    hints = current.secret_hints
+    return [n for n in SECRET_FIELDS if n in hints and (
+        wanted.get(n, UNSET) is UNSET or wanted.get(n) == hints[n])]
+
+
 def merge(provider_id: str, wanted: dict[str, Any], current: ProviderRow | None,
           box: SecretBox | None) -> Sealed:
     """The sealed secrets after applying ``wanted`` (field -> body value)."""

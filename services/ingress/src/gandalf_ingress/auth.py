@@ -113,6 +113,10 @@ class Authenticator:
         except JwtError as exc:
             raise UnauthorizedError(f"invalid token: {exc}", code="invalid_token") from None
         org = self.live.orgs.get(found.org_id)
+        if org is None and self.live.managed and not self.jwt.settings.allow_unknown_orgs:
+            # Managed mode knows every org: a claim naming another is refused.
+            raise UnauthorizedError("invalid token: unknown organization",
+                                    code="invalid_token")
         team = self.live.teams.get(found.team_id) if found.team_id else None
         levels = (org.limits if org else None, team.limits if team else None)
         return Identity(key_id="", name=found.subject, org_id=found.org_id, role=found.role,

@@ -52,6 +52,8 @@ log = logging.getLogger("gandalf.jwt")
 MAX_TOKEN_LENGTH = 16 * 1024
 #: Longest subject / org / team id taken from a token.
 MAX_ID_LENGTH = 256
+#: Role admin in this org is a global admin (see the admin's ``access``).
+GLOBAL_ORG = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,8 @@ class JwtIdentity:
     team_id: str  # "" when absent
     role: str  # one of admin/member/viewer/service_account
     claims: Mapping[str, Any]
+    #: False when the org came from ``default_org`` (the token named none).
+    org_claimed: bool = True
 
 
 class JwtError(Exception):
@@ -233,10 +237,19 @@ class JwtVerifier:
         role = _as_role(claim_at(claims, m.role)) or self._default_role
         if role is None:
             raise JwtError("no usable role claim")
-        org = _as_id(claim_at(claims, m.org)) or self.settings.default_org
+        org = _as_id(claim_at(claims, m.org))
+        claimed = org is not None
+        if org is None:
+            org = self.settings.default_org
+            if not org:
+                raise JwtError(f"missing org claim ({m.org})")
+            if role == "admin" and org == GLOBAL_ORG:
+                # An admin of the default org is a global admin: only a token
+                # that names that org may be one, never the fallback.
+                raise JwtError(f"an admin token must name its organization ({m.org})")
         team = _as_id(claim_at(claims, m.team)) or ""
         return JwtIdentity(subject=subject, org_id=org, team_id=team, role=role,
-                           claims=MappingProxyType(claims))
+                           claims=MappingProxyType(claims), org_claimed=claimed)
 
     async def aclose(self) -> None:
         await self.jwks.aclose()

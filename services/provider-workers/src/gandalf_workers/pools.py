@@ -42,6 +42,7 @@ from gandalf_common.config import (
 )
 from gandalf_common.contract import Pong, encode
 from gandalf_common.crypto import SecretBox, SecretError
+from gandalf_common.endpoints import endpoint_problem
 from gandalf_common.live import LiveConfig
 from gandalf_common.records import ProviderRecord
 
@@ -77,6 +78,9 @@ def runnable(cfg: ProviderConfig) -> ProviderConfig:
     """
     if cfg.type not in contract.PROVIDER_OPS:
         raise ValueError(f"unsupported provider type {cfg.type!r}")
+    problem = endpoint_problem(cfg)
+    if problem is not None:
+        raise ValueError(problem)
     if cfg.type not in _HOSTED_TYPES.get(cfg.hosting, ()):
         raise ValueError(f"unsupported hosting {cfg.hosting!r} for type {cfg.type!r}")
     return msgspec.structs.replace(
@@ -249,7 +253,7 @@ class LivePools:
             if pcfg is None:
                 return None
             pcfg = runnable(pcfg)
-            provider = build_provider(pcfg)
+            provider = build_provider(pcfg, self.live.cfg.security)
         except Exception as exc:  # noqa: BLE001 - logged without secrets, skipped
             log.error("worker: provider %s skipped: cannot build it (%s)", ident,
                       _reason(exc))

@@ -3,7 +3,10 @@
 Bodies are ``ProviderConfig`` plus ``id`` (defaults to ``name``); they pass the
 YAML loader's validation (``cfgcheck``) and the URL guard (``urlcheck``).
 PUT is a full replace, except that secrets follow ``secrets.merge`` (absent
-keeps the stored one). Responses never carry a secret, only its mask.
+keeps the stored one), unless the destination changes (base_url, type,
+hosting, region, project, auth type/authority/credentials file): then every
+stored secret must be sent again (400 ``secret_required``). Responses never
+carry a secret, only its mask.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from ..cfgcheck import check_provider
 from ..deps import Deps
 from ..errors import bad_request, conflict, not_found
 from ..store.rows import ProviderRow
-from ..urlcheck import check_url
+from ..urlcheck import check_resolved, check_url
 from ..validate import Models
 from ..wire import Request, decode_body, envelope, json_response, no_content, page_of
 
@@ -70,6 +73,7 @@ class ProviderBody(Struct, kw_only=True, forbid_unknown_fields=True):
     api_version: str = ""
     model_map: dict[str, str] = {}
     auth: AuthBody = AuthBody()
+    allow_custom_endpoint: bool = False
     created_at: Any = UNSET  # read-only, accepted in echoed bodies
     updated_at: Any = UNSET
 
@@ -86,6 +90,7 @@ def provider_view(row: ProviderRow) -> dict[str, Any]:
         "max_concurrency": row.max_concurrency, "timeout_ms": row.timeout_ms,
         "hosting": row.hosting, "region": row.region, "project": row.project,
         "api_version": row.api_version, "model_map": row.model_map, "auth": auth,
+        "allow_custom_endpoint": row.allow_custom_endpoint,
         "created_at": row.created_at, "updated_at": row.updated_at,
     }
 
@@ -109,6 +114,7 @@ def build_row(provider_id: str, body: ProviderBody, current: ProviderRow | None,
         enabled=body.enabled, max_rps=body.max_rps, max_concurrency=body.max_concurrency,
         timeout_ms=body.timeout_ms, hosting=body.hosting, region=body.region,
         project=body.project, api_version=body.api_version, model_map=dict(body.model_map),
+        allow_custom_endpoint=body.allow_custom_endpoint,
         auth=ProviderAuthConfig(
             type=a.type, api_key=s.get("api_key", ""), tenant_id=a.tenant_id,
             client_id=a.client_id, client_secret=s.get("client_secret", ""),
@@ -130,7 +136,41 @@ def build_row(provider_id: str, body: ProviderBody, current: ProviderRow | None,
         region=cfg.region, project=cfg.project, api_version=cfg.api_version,
         model_map=dict(cfg.model_map), auth_type=cfg.auth.type,
         auth={k: getattr(cfg.auth, k) for k in _AUTH_PLAIN},
-        secrets_enc=sealed.secrets_enc, secret_hints=sealed.hints)
+        secrets_enc=sealed.secrets_enc, secret_hints=sealed.hints,
+        allow_custom_endpoint=cfg.allow_custom_endpoint)
+
+
+#: Where a provider's secrets are sent: changing any of these sends them to
+#: someone else, so the change must come with the secrets again.
+_DESTINATION = ("type", "base_url", "hosting", "region", "project", "auth_type",
+                "allow_custom_endpoint")
+_DESTINATION_AUTH = ("authority_host", "credentials_file")
+
+
+def _check_secret_rebind(current: ProviderRow, row: ProviderRow,
+                         wanted: dict[str, Any]) -> None:
+    """400 ``secret_required`` when the destination changes but a stored secret
+    would silently follow it (a base_url edit must not leak the api key)."""
+    moved = [f for f in _DESTINATION if getattr(current, f) != getattr(row, f)]
+    moved += [f"auth.{f}" for f in _DESTINATION_AUTH
+              if current.auth.get(f, "") != row.auth.get(f, "")]
+    if not moved:
+        return
+    kept = secrets.kept(wanted, current)
+    if kept:
+        raise bad_request(
+            f"changing {', '.join(moved)} requires sending the provider's secrets again "
+            f"({', '.join(kept)}): the stored ones are not sent to a new destination",
+            kept[0], code="secret_required")
+
+
+async def _check_hosts(row: ProviderRow, deps: Deps) -> None:
+    """What the URLs' host names resolve to now (the workers check again
+    before every connection)."""
+    await check_resolved(row.base_url, deps.cfg.security, "base_url")
+    if row.auth_type == "azure_entra":
+        await check_resolved(row.auth.get("authority_host", ""), deps.cfg.security,
+                             "auth.authority_host")
 
 
 async def list_providers(req: Request, access: Access, deps: Deps) -> AdminResponse:
@@ -160,6 +200,7 @@ async def create_provider(req: Request, access: Access, deps: Deps) -> AdminResp
     else:
         raise bad_request("name is required", "name")
     row = build_row(provider_id, body, None, deps)
+    await _check_hosts(row, deps)
     async with deps.repl.write() as w:
         saved = await w.repos.providers.insert(row)
         assert saved is not None
@@ -176,7 +217,10 @@ async def replace_provider(req: Request, access: Access, deps: Deps) -> AdminRes
         current = await w.repos.providers.get(provider_id)
         if current is None:
             raise not_found("provider")
-        saved = await w.repos.providers.update(build_row(provider_id, body, current, deps))
+        row = build_row(provider_id, body, current, deps)
+        _check_secret_rebind(current, row, _wanted_secrets(body))
+        await _check_hosts(row, deps)
+        saved = await w.repos.providers.update(row)
         assert saved is not None
         w.put_provider(saved)
     return json_response(200, provider_view(saved))

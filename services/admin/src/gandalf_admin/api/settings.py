@@ -23,8 +23,8 @@ from ..cfgcheck import check_jwt
 from ..deps import Deps
 from ..errors import bad_request
 from ..jwt_settings import jwt_from_config, jwt_from_json, jwt_to_json, jwt_view
-from ..urlcheck import check_url
-from ..validate import Ident, ModelName
+from ..urlcheck import check_resolved, check_url
+from ..validate import ModelName
 from ..wire import Request, decode_body, json_response, no_content
 
 Text = Annotated[str, Meta(max_length=2048)]
@@ -47,7 +47,10 @@ class JwtBody(Struct, kw_only=True, forbid_unknown_fields=True):
     leeway_s: Annotated[float, Meta(ge=0, le=86400)] = 60.0
     claims: ClaimsBody = ClaimsBody()
     default_role: Text = "member"
-    default_org: Ident = "default"
+    #: "" (the default): tokens without an org claim are refused.
+    default_org: Annotated[str, Meta(max_length=128,
+                                     pattern=r"^([A-Za-z0-9][A-Za-z0-9._:@-]*)?$")] = ""
+    allow_unknown_orgs: bool = False
 
 
 class PurgeBody(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -69,7 +72,8 @@ async def configure_jwt(req: Request, access: Access, deps: Deps) -> AdminRespon
         enabled=body.enabled is True, issuer=body.issuer, audience=list(body.audience),
         jwks_url=body.jwks_url, algorithms=list(body.algorithms), leeway=body.leeway_s,
         claims=JwtClaimsConfig(user=c.user, org=c.org, team=c.team, role=c.role),
-        default_role=body.default_role, default_org=body.default_org))
+        default_role=body.default_role, default_org=body.default_org,
+        allow_unknown_orgs=body.allow_unknown_orgs))
     if body.enabled is False:
         cfg = JwtConfig(**{**{f: getattr(cfg, f) for f in cfg.__struct_fields__},
                            "enabled": False})
@@ -77,9 +81,10 @@ async def configure_jwt(req: Request, access: Access, deps: Deps) -> AdminRespon
         # The ingress fetches it: no metadata addresses (the upstream allowlist
         # is for providers, not identity providers).
         check_url(cfg.jwks_url, deps.cfg.security, "jwks_url", use_allowlist=False)
+        await check_resolved(cfg.jwks_url, deps.cfg.security, "jwks_url")
     settings = jwt_from_config(cfg)
     async with deps.repl.write() as w:
-        if await w.repos.orgs.get(settings.default_org) is None:
+        if settings.default_org and await w.repos.orgs.get(settings.default_org) is None:
             raise bad_request(f"organization {settings.default_org!r} does not exist",
                               "default_org")
         await w.repos.auth.put("jwt", jwt_to_json(settings))

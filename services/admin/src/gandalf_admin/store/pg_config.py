@@ -11,7 +11,8 @@ from .rows import ProviderRow, RouteRow
 
 _P_COLS = ("id", "name", "type", "base_url", "models", "priority", "weight", "enabled",
            "max_rps", "max_concurrency", "timeout_ms", "hosting", "region", "project",
-           "api_version", "model_map", "auth_type", "auth", "secrets_enc", "secret_hints")
+           "api_version", "model_map", "auth_type", "auth", "secrets_enc", "secret_hints",
+           "allow_custom_endpoint")
 # models may be NULL in rows written before the admin API (it meant "none").
 _P_SELECT = ("SELECT " + ", ".join("coalesce(models, '{}') AS models" if c == "models" else c
                                    for c in _P_COLS) + ", created_at, updated_at FROM providers")

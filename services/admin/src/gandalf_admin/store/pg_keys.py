@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import asyncpg
 
 from .pg_common import to_row, to_rows, values
@@ -10,7 +12,7 @@ from .rows import KeyRow
 
 _COLS = ("id", "key_hash", "key_prefix", "org_id", "role", "name", "user_id", "team_id",
          "allowed_models", "rpm_limit", "tpm_limit", "max_budget", "budget_period",
-         "expires_at", "blocked", "created_by")
+         "expires_at", "blocked", "created_by", "parent_key_id")
 _SELECT = f"SELECT {', '.join(_COLS)}, last_used_at, created_at FROM api_keys"
 #: $1 org, $2 team, $3 owner user, $4 owner principal, $5 owner key id. The
 #: owner clause applies when any owner field is set (members).
@@ -63,13 +65,38 @@ class PgKeyRepo:
         return _with(row, rec)
 
     async def update(self, row: KeyRow) -> KeyRow | None:
-        # The hash, prefix and creator never change.
-        cols = tuple(c for c in _COLS if c not in ("key_hash", "key_prefix", "created_by"))
+        # The hash, prefix, creator and parent never change.
+        cols = tuple(c for c in _COLS
+                     if c not in ("key_hash", "key_prefix", "created_by", "parent_key_id"))
         sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(cols[1:], start=2))
         rec = await self._c.fetchrow(
             f"UPDATE api_keys SET {sets} WHERE id = $1 RETURNING last_used_at, created_at",
             *values(row, cols))
         return _with(row, rec) if rec else None
+
+    async def descendants(self, key_id: str) -> list[KeyRow]:
+        """Every key minted from ``key_id``, transitively (not the key itself)."""
+        recs = await self._c.fetch(
+            "WITH RECURSIVE d(id) AS (SELECT id FROM api_keys WHERE parent_key_id = $1"
+            " UNION SELECT k.id FROM api_keys k JOIN d ON k.parent_key_id = d.id) "
+            + _SELECT + " WHERE id IN (SELECT id FROM d)", key_id)
+        return to_rows(recs, KeyRow)
+
+    async def count_created_by(self, principal: str) -> int:
+        return await self._c.fetchval(
+            "SELECT count(*) FROM api_keys WHERE created_by = $1", principal)
+
+    async def block(self, key_ids: list[str]) -> list[KeyRow]:
+        recs = await self._c.fetch(
+            "UPDATE api_keys SET blocked = true WHERE id = ANY($1::text[]) AND NOT blocked "
+            f"RETURNING {', '.join(_COLS)}, last_used_at, created_at", key_ids)
+        return to_rows(recs, KeyRow)
+
+    async def spend_since(self, key_id: str, since: datetime) -> float:
+        value = await self._c.fetchval(
+            "SELECT COALESCE(sum(cost_usd), 0) FROM usage_records"
+            " WHERE key_id = $1 AND created_at >= $2", key_id, since)
+        return float(value)
 
     async def delete(self, key_id: str) -> KeyRow | None:
         rec = await self._c.fetchrow(

@@ -58,6 +58,9 @@ class KeyRow(Struct, kw_only=True, frozen=True):
     #: ``user:<id>``, ``key:<id>`` or ``admin_key``: lets a member manage the
     #: keys it created even when they carry no user_id.
     created_by: str | None = None
+    #: The key a member authenticated with when it minted this one; deleting
+    #: or blocking the parent deletes or blocks this key too.
+    parent_key_id: str | None = None
 
 
 class ProviderRow(Struct, kw_only=True, frozen=True):
@@ -85,6 +88,7 @@ class ProviderRow(Struct, kw_only=True, frozen=True):
     secrets_enc: str = ""
     #: Secret field name -> masked form, for responses.
     secret_hints: dict[str, str] = {}
+    allow_custom_endpoint: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None
 

@@ -14,7 +14,10 @@ from typing import Protocol
 
 import httpx
 
+from gandalf_common.config import SecurityConfig
+
 from .base import UpstreamFailure
+from .guarded import guarded_client
 
 #: Refresh this long before a token expires.
 REFRESH_MARGIN_S = 300.0
@@ -131,16 +134,19 @@ class EntraClientCredentials(_CachedToken):
 
     def __init__(self, provider: str, *, tenant_id: str, client_id: str, client_secret: str,
                  authority: str = "https://login.microsoftonline.com",
-                 scope: str = SCOPE) -> None:
+                 scope: str = SCOPE, security: SecurityConfig | None = None) -> None:
         super().__init__()
         self._provider = provider
+        self._security = security or SecurityConfig()
         self._url = f"{authority.rstrip('/')}/{tenant_id}/oauth2/v2.0/token"
         self._form = {"grant_type": "client_credentials", "client_id": client_id,
                       "client_secret": client_secret, "scope": scope}
 
     async def _fetch(self) -> tuple[str, float]:
         try:
-            async with httpx.AsyncClient(timeout=10.0) as client:
+            # The client secret goes there: the same connect-time guard as
+            # the upstream (see gandalf_common.netguard).
+            async with guarded_client(self._security, timeout=10.0) as client:
                 response = await client.post(self._url, data=self._form)
             data = response.json() if response.status_code == 200 else {}
         except (httpx.HTTPError, ValueError) as exc:

@@ -19,8 +19,11 @@ import httpx
 import msgspec
 from httpx_aiohttp import AiohttpTransport
 
+from gandalf_common.config import SecurityConfig
+
 from .auth import Auth
 from .base import UpstreamFailure
+from .guarded import guarded_connector
 
 #: Builds a provider's failure from an error answer: (provider, status, body, headers).
 FailureFactory = Callable[[str, int, bytes, httpx.Headers], UpstreamFailure]
@@ -31,13 +34,17 @@ READ_IDLE_S = 300.0
 
 
 class UpstreamHTTP:
-    def __init__(self, name: str, *, max_connections: int, connect_timeout: float) -> None:
+    def __init__(self, name: str, *, max_connections: int, connect_timeout: float,
+                 security: SecurityConfig | None = None) -> None:
         self.name = name
         limit = max(1, max_connections)
+        # Every resolved address is judged right before its connect (SSRF,
+        # DNS rebinding); see gandalf_common.netguard.
+        guard = security or SecurityConfig()
 
         def session() -> aiohttp.ClientSession:
-            connector = aiohttp.TCPConnector(limit=limit, keepalive_timeout=90,
-                                             ttl_dns_cache=300)
+            connector = guarded_connector(guard, limit=limit, keepalive_timeout=90,
+                                          ttl_dns_cache=300)
             return aiohttp.ClientSession(connector=connector,
                                          cookie_jar=aiohttp.DummyCookieJar(),
                                          auto_decompress=False)

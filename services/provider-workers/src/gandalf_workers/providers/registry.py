@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gandalf_common.config import ProviderConfig
+from gandalf_common.config import ProviderConfig, SecurityConfig
 
 from .auth import Auth as Auth
 from .auth import AwsSigV4, EntraClientCredentials, GoogleADC, HeaderKey, NoAuth
@@ -14,7 +14,7 @@ _KEY_HEADERS = {"openai": "authorization", "anthropic": "x-api-key",
                 "gemini": "x-goog-api-key", "ollama": "authorization"}
 
 
-def build_auth(cfg: ProviderConfig) -> Auth:
+def build_auth(cfg: ProviderConfig, security: SecurityConfig | None = None) -> Auth:
     auth = cfg.auth
     if auth.type == "gcp_oauth":
         return GoogleADC(cfg.name, auth.credentials_file)
@@ -27,7 +27,8 @@ def build_auth(cfg: ProviderConfig) -> Auth:
         return EntraClientCredentials(cfg.name, tenant_id=auth.tenant_id,
                                       client_id=auth.client_id,
                                       client_secret=auth.client_secret,
-                                      authority=auth.authority_host, **kwargs)
+                                      authority=auth.authority_host, security=security,
+                                      **kwargs)
     if not cfg.api_key:
         return NoAuth()  # a local Ollama or vLLM without keys
     header = "api-key" if cfg.hosting == "azure" else _KEY_HEADERS.get(cfg.type,
@@ -35,14 +36,14 @@ def build_auth(cfg: ProviderConfig) -> Auth:
     return HeaderKey(header, cfg.api_key)
 
 
-def build_provider(cfg: ProviderConfig) -> Provider:
+def build_provider(cfg: ProviderConfig, security: SecurityConfig | None = None) -> Provider:
     """The adapter for one provider instance, with its own keep-alive pool.
 
     ``timeout_ms`` bounds connect + first byte, never a running stream.
     """
     http = UpstreamHTTP(cfg.name, max_connections=cfg.max_concurrency,
-                        connect_timeout=cfg.timeout_ms / 1000)
-    auth = build_auth(cfg)
+                        connect_timeout=cfg.timeout_ms / 1000, security=security)
+    auth = build_auth(cfg, security)
     if cfg.type == "anthropic":
         from .anthropic import AnthropicProvider
         return AnthropicProvider(cfg, http, auth)
