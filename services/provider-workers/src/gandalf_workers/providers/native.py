@@ -150,7 +150,7 @@ class JSONBodySniffer:
     def finish(self) -> None:
         try:
             data = _json_decode(b"".join(self._parts))
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise UpstreamFailure("upstream sent invalid JSON",
                                   code="upstream_invalid_response") from exc
         if isinstance(data, dict):
@@ -192,7 +192,7 @@ class SSESniffer:
         else:
             try:
                 data = _json_decode(raw)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:
                 raise UpstreamFailure("upstream sent an invalid stream event",
                                       code="upstream_invalid_response") from exc
         usage = self._on_event(event, data)
@@ -228,7 +228,7 @@ class NDJSONSniffer:
             return
         try:
             data = _json_decode(line)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise UpstreamFailure("upstream sent an invalid NDJSON line",
                                   code="upstream_invalid_response") from exc
         if isinstance(data, dict):
@@ -371,7 +371,7 @@ def client_json(body: bytes) -> dict[str, Any]:
     """A native request body as a JSON object; anything else is the client's 400."""
     try:
         data = _json_decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise UpstreamFailure("request body is not valid JSON", status=400,
                               type="invalid_request_error", code="invalid_json",
                               retryable=False) from exc
