@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -240,3 +242,30 @@ def test_native_sniffers(data: bytes, cuts: list[int]) -> None:
                 sniffer.feed(chunk)
             sniffer.finish()
         _only((UpstreamFailure,), run)
+
+
+def test_long_line_in_small_chunks_is_linear() -> None:
+    # A 4 MiB line in 1 KiB chunks: re-scanning the growing buffer per chunk
+    # took ~19 s in iter_sse and ~5 s in the native SSE sniffer.
+    chunks = [b"data: "] + [b"x" * 1024] * 4096 + [b"\n\n"]
+    started = time.monotonic()
+    ((_, data),) = _drain(iter_sse(_aiter(chunks)))
+    assert len(data) == 4096 * 1024
+    (line,) = _drain(iter_ndjson(_aiter(chunks)))
+    assert line.startswith(b"data: x")
+    sniffer = sniff.SSESniffer(sniff.openai_usage, lambda e, d: True)
+    for chunk in chunks[:-1]:
+        sniffer.feed(chunk)
+    assert time.monotonic() - started < 3
+
+
+def test_line_past_the_limit_is_a_stream_error() -> None:
+    chunks = [b"data: "] + [b"x" * (1024 * 1024)] * 9 + [b"\n\n"]
+    with pytest.raises(SSEError):
+        _drain(iter_sse(_aiter(chunks)))
+    with pytest.raises(FrameError):
+        _drain(iter_ndjson(_aiter([b"".join(chunks)])))
+    sniffer = sniff.SSESniffer(sniff.openai_usage, lambda e, d: True)
+    with pytest.raises(UpstreamFailure):
+        for chunk in chunks:
+            sniffer.feed(chunk)
