@@ -222,11 +222,10 @@ def test_eventstream_reader(data: bytes, cuts: list[int]) -> None:
 
 
 def _sniffers() -> list[Any]:
-    return [sniff.JSONBodySniffer(sniff.openai_usage), _ArraySniffer(),
-            sniff.SSESniffer(sniff.openai_usage, lambda e, d: d == "[DONE]"),
-            sniff.AnthropicSSESniffer(),
-            sniff.SSESniffer(lambda e, d: sniff.gemini_usage(d), sniff.gemini_finished),
-            sniff.NDJSONSniffer(sniff.ollama_usage, lambda d: d.get("done") is True)]
+    """The sniffers the workers use, and Gemini's JSON-array stream's."""
+    return [_ArraySniffer()] + [sniff.sniffer_for(kind, stream=stream)
+                                for kind in ("anthropic", "gemini", "ollama", "openai")
+                                for stream in (False, True)]
 
 
 @FUZZ
@@ -234,6 +233,7 @@ def _sniffers() -> list[Any]:
 @example(b"[" * 1200, [])  # JSONBodySniffer: was RecursionError, not UpstreamFailure
 @example(b"data: " + b"[" * 1200 + b"\n\n", [3])  # SSESniffer: the same
 @example(b"[" * 1200 + b"\n", [])  # NDJSONSniffer: the same
+@example(b"data:[DONE]", [])
 def test_native_sniffers(data: bytes, cuts: list[int]) -> None:
     chunks = _chunked(data, cuts)
     for sniffer in _sniffers():
@@ -253,7 +253,7 @@ def test_long_line_in_small_chunks_is_linear() -> None:
     assert len(data) == 4096 * 1024
     (line,) = _drain(iter_ndjson(_aiter(chunks)))
     assert line.startswith(b"data: x")
-    sniffer = sniff.SSESniffer(sniff.openai_usage, lambda e, d: True)
+    sniffer = sniff.sniffer_for("openai", stream=True)
     for chunk in chunks[:-1]:
         sniffer.feed(chunk)
     assert time.monotonic() - started < 3
@@ -265,7 +265,7 @@ def test_line_past_the_limit_is_a_stream_error() -> None:
         _drain(iter_sse(_aiter(chunks)))
     with pytest.raises(FrameError):
         _drain(iter_ndjson(_aiter([b"".join(chunks)])))
-    sniffer = sniff.SSESniffer(sniff.openai_usage, lambda e, d: True)
+    sniffer = sniff.sniffer_for("openai", stream=True)
     with pytest.raises(UpstreamFailure):
         for chunk in chunks:
             sniffer.feed(chunk)
