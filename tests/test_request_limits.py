@@ -8,13 +8,17 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gandalf_ingress.body_policy import FORBIDDEN_FIELDS, FORBIDDEN_PREFIXES
+from gandalf_common.errors import BadRequestError
+from gandalf_ingress.body_policy import FORBIDDEN_FIELDS, FORBIDDEN_PREFIXES, check_body
 from gateway_harness import TEST_KEY
 
 CHAT = "/v1/chat/completions"
@@ -146,3 +150,29 @@ def test_readme_lists_the_refused_fields() -> None:
     names = re.findall(r"`([a-z_]+)`", listed)
     assert names[-1] == "litellm_" and FORBIDDEN_PREFIXES == ("litellm_",)
     assert names[:-1] == list(FORBIDDEN_FIELDS)
+
+
+# ------------------------------------------------------------- unit checks
+
+
+@pytest.mark.parametrize(("depth", "ok"), [(64, True), (65, False)])
+def test_depth_bound_is_exact(depth: int, ok: bool) -> None:
+    body = b'{"a": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+    if ok:
+        check_body(body)
+    else:
+        with pytest.raises(BadRequestError, match="too deeply"):
+            check_body(body)
+
+
+@settings(max_examples=200, deadline=timedelta(milliseconds=500))
+@given(st.binary(max_size=200) | st.recursive(
+    st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                               max_size=3),
+    max_leaves=30).map(lambda v: json.dumps(v).encode()))
+def test_check_body_raises_only_bad_request(body: bytes) -> None:
+    try:
+        check_body(body)
+    except BadRequestError as exc:
+        assert exc.code in ("number_out_of_range", "too_deep", "forbidden_field")
