@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +136,12 @@ def test_percent_encoded_data_url_becomes_base64() -> None:
 def test_clean_schema_handles_refs_one_of_and_type_lists() -> None:
     schema = {
         "type": "object",
-        "definitions": {"Node": {"type": "object", "properties": {
-            "next": {"$ref": "#/definitions/Node"}}}},
+        "definitions": {"Name": {"type": "string", "description": "a name"},
+                        "Alias": {"$ref": "#/definitions/Name"}},
         "properties": {
             "a": {"oneOf": [{"type": "string"}, {"type": "integer"}], "examples": ["x"]},
             "b": {"type": ["integer", "string"]},
-            "c": {"$ref": "#/definitions/Node"},
+            "c": {"$ref": "#/definitions/Alias", "description": "own"},
             "d": {"type": "string", "format": "date-time"},
             "e": {"type": "string", "format": "email"},
         },
@@ -150,14 +151,84 @@ def test_clean_schema_handles_refs_one_of_and_type_lists() -> None:
     props = out["properties"]
     assert props["a"] == {"anyOf": [{"type": "string"}, {"type": "integer"}]}
     assert props["b"] == {"anyOf": [{"type": "integer"}, {"type": "string"}]}
+    # A chain of $refs is inlined; the referring object's own keys win.
+    assert props["c"] == {"type": "string", "description": "own"}
     assert props["d"] == {"type": "string", "format": "date-time"}
     assert props["e"] == {"type": "string"}
     assert "patternProperties" not in out and "definitions" not in out
-    # A recursive schema is cut off instead of recursing forever.
-    depth, node = 0, props["c"]
-    while node.get("properties", {}).get("next"):
-        node, depth = node["properties"]["next"], depth + 1
-    assert 5 < depth < 40
+
+
+def test_legit_defs_are_inlined() -> None:
+    schema = {"$defs": {"Point": {"type": "object", "properties": {
+        "x": {"type": "number"}, "y": {"type": "number"}}, "required": ["x", "y"]}},
+        "type": "object", "properties": {"a": {"$ref": "#/$defs/Point"},
+                                         "b": {"type": "array",
+                                               "items": {"$ref": "#/$defs/Point"}}}}
+    point = {"type": "object", "properties": {"x": {"type": "number"},
+                                              "y": {"type": "number"}},
+             "required": ["x", "y"]}
+    assert tr.clean_schema(schema) == {"type": "object", "properties": {
+        "a": point, "b": {"type": "array", "items": point}}}
+
+
+def _limit_code(schema: dict[str, Any]) -> str:
+    """The error code of a schema over a bound, which must come quickly."""
+    started = time.monotonic()
+    with pytest.raises(tr.TranslationError) as err:
+        tr.clean_schema(schema)
+    assert time.monotonic() - started < 0.5
+    return f"{err.value.code}: {err.value.message}"
+
+
+def test_self_referencing_schema_is_recursive_at_once() -> None:
+    # 129 bytes that used to expand to ~2^33 nodes (depth cap 32, fan-out 2).
+    schema = json.loads('{"$defs":{"a":{"type":"object","properties":{"x":{"$ref":"#/$defs/a"},'
+                        '"y":{"$ref":"#/$defs/a"}}}},"$ref":"#/$defs/a","type":"object"}')
+    assert _limit_code(schema).startswith("schema_recursive: ")
+    # A cycle through two definitions is one too.
+    two = {"definitions": {"A": {"properties": {"b": {"$ref": "#/definitions/B"}}},
+                           "B": {"items": {"$ref": "#/definitions/A"}}},
+           "properties": {"a": {"$ref": "#/definitions/A"}}}
+    assert _limit_code(two).startswith("schema_recursive: ")
+
+
+def test_wide_fanout_schema_is_too_large() -> None:
+    # Not recursive, but 10 properties per level over 6 levels: 10^6 objects.
+    defs = {f"L{i}": {"type": "object", "properties": {
+        f"p{j}": {"$ref": f"#/$defs/L{i + 1}"} for j in range(10)}} for i in range(6)}
+    defs["L6"] = {"type": "string"}
+    code = _limit_code({"$defs": defs, "$ref": "#/$defs/L0"})
+    assert code.startswith("schema_too_large: ") and "10000 nodes" in code
+
+
+def test_fanout_of_big_leaves_is_too_large_by_size() -> None:
+    # Few nodes, but each inlined copy carries a 20 kB enum.
+    big = {"type": "string", "enum": ["v" * 1000 + str(i) for i in range(20)]}
+    schema = {"$defs": {"Big": big}, "type": "object",
+              "properties": {f"p{i}": {"$ref": "#/$defs/Big"} for i in range(100)}}
+    with pytest.raises(tr.TranslationError) as err:
+        tr.clean_schema(schema)
+    assert err.value.code == "schema_too_large" and "bytes" in err.value.message
+
+
+def test_too_deep_schema() -> None:
+    node: dict[str, Any] = {"type": "string"}
+    for _ in range(40):
+        node = {"type": "object", "properties": {"x": node}}
+    with pytest.raises(tr.TranslationError) as err:
+        tr.clean_schema(node)
+    assert err.value.code == "schema_too_deep" and "32" in err.value.message
+
+
+def test_schema_limit_in_tools_and_response_format_is_a_client_error() -> None:
+    schema = {"$defs": {"a": {"properties": {"x": {"$ref": "#/$defs/a"}}}},
+              "$ref": "#/$defs/a"}
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "r", "schema": schema}}
+    for extra in ({"tools": [tool]}, {"response_format": fmt}):
+        with pytest.raises(tr.TranslationError) as err:
+            tr.chat_request({"model": "m", "messages": [_user("hi")], **extra})
+        assert err.value.code == "schema_recursive"
 
 
 # -------------------------------------------------------------------- response

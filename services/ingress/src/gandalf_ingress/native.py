@@ -28,12 +28,12 @@ from gandalf_common.errors import (
 )
 
 from .auth import Identity
+from .body_policy import decode_body
 from .doors import NativeDoor
 from .handlers import Gateway, Scope, _ClientGone, admit_listing, header
 from .relay import NativeRelay, Receive, Send
 from .usage import Outcome
 
-_json_decode = msgspec.json.Decoder().decode
 #: Path parameters must look like model names and API actions (as the original).
 _SAFE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 #: The header each API's SDK sends its key in, when not ``Authorization``.
@@ -154,7 +154,7 @@ class NativeEndpoint:
 
 def _object(body: bytes) -> dict[str, Any]:
     try:
-        data = _json_decode(body)
+        data = decode_body(body)  # and checked (body_policy.py)
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         raise BadRequestError("request body is not valid JSON", code="invalid_json") from None
     if not isinstance(data, dict):

@@ -13,6 +13,8 @@ from msgspec import Meta, Struct
 
 from gandalf_common.errors import BadRequestError
 
+from .body_policy import check_body
+
 
 class Message(Struct):
     role: Annotated[str, Meta(min_length=1)]
@@ -26,24 +28,7 @@ class StreamOptions(Struct):
     include_usage: bool = False
 
 
-#: Fields that would let a caller redirect the upstream call or swap
-#: credentials (a LiteLLM CVE class). Never accepted from clients.
-FORBIDDEN_FIELDS = ("api_base", "base_url", "api_key", "api_version", "organization",
-                    "azure_ad_token", "aws_access_key_id", "vertex_credentials")
-
-
-class _Forbidden(Struct, kw_only=True):
-    api_base: Any = msgspec.UNSET
-    base_url: Any = msgspec.UNSET
-    api_key: Any = msgspec.UNSET
-    api_version: Any = msgspec.UNSET
-    organization: Any = msgspec.UNSET
-    azure_ad_token: Any = msgspec.UNSET
-    aws_access_key_id: Any = msgspec.UNSET
-    vertex_credentials: Any = msgspec.UNSET
-
-
-class ChatRequest(_Forbidden, kw_only=True):
+class ChatRequest(Struct, kw_only=True):
     model: Annotated[str, Meta(min_length=1)]
     messages: Annotated[list[Message], Meta(min_length=1)]
     stream: bool | None = False
@@ -59,7 +44,7 @@ class ChatRequest(_Forbidden, kw_only=True):
     stop: str | list[str] | None = None
 
 
-class EmbeddingsRequest(_Forbidden, kw_only=True):
+class EmbeddingsRequest(Struct, kw_only=True):
     model: Annotated[str, Meta(min_length=1)]
     #: A string, a list of strings, or token arrays (checked below).
     input: str | list[str | int | list[int]]
@@ -72,16 +57,10 @@ _chat_decoder = msgspec.json.Decoder(ChatRequest)
 _embed_decoder = msgspec.json.Decoder(EmbeddingsRequest)
 
 
-def _check_forbidden(req: _Forbidden) -> None:
-    for name in FORBIDDEN_FIELDS:
-        if getattr(req, name) is not msgspec.UNSET:
-            raise BadRequestError(f"field `{name}` is not allowed: upstream endpoints and "
-                                  "credentials are configured on the gateway", param=name)
-
-
 def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
     if not body:
         raise BadRequestError("request body is empty; expected a JSON object")
+    check_body(body)  # numbers, nesting, forbidden fields (body_policy.py)
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -96,13 +75,11 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
 
 def parse_chat(body: bytes) -> ChatRequest:
     req: ChatRequest = _decode(_chat_decoder, body)
-    _check_forbidden(req)
     return req
 
 
 def parse_embeddings(body: bytes) -> EmbeddingsRequest:
     req: EmbeddingsRequest = _decode(_embed_decoder, body)
-    _check_forbidden(req)
     if isinstance(req.input, list) and not req.input:
         raise BadRequestError("invalid request body: `input` must not be empty", param="input")
     return req

@@ -83,7 +83,7 @@ def failure_from_response(provider: str, status: int, body: bytes,
     message, etype = "", ""
     try:
         data: Any = _json_decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         data, message = None, body[:512].decode("utf-8", "replace").strip()
     if isinstance(data, dict):
         err = data.get("error")
@@ -247,7 +247,7 @@ class AnthropicProvider:
     def _decode_event(self, data: bytes) -> Any:
         try:
             return _json_decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise self._invalid("upstream sent an invalid stream event") from exc
 
     async def _bedrock_events(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -260,7 +260,8 @@ class AnthropicProvider:
                     try:
                         wrapped = _json_decode(payload)
                         yield base64.b64decode(wrapped["bytes"], validate=True)
-                    except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
+                    except (msgspec.DecodeError, RecursionError, KeyError, TypeError,
+                            ValueError) as exc:
                         raise self._invalid("invalid Bedrock stream event") from exc
                 elif kind in ("exception", "error"):
                     raise self._bedrock_exception(headers, payload)

@@ -100,7 +100,7 @@ def failure_from_response(provider: str, status: int, body: bytes,
                           headers: httpx.Headers) -> UpstreamFailure:
     try:
         err = _error_object(_json_decode(body))
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         err = None
     return failure_from_error(provider, status, err,
                               body[:512].decode("utf-8", "replace").strip(),
@@ -139,7 +139,7 @@ class _ArraySniffer(JSONBodySniffer):
     def finish(self) -> None:
         try:
             items = _json_decode(b"".join(self._parts))
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise UpstreamFailure("stream ended inside its JSON array",
                                   code="upstream_stream_cut") from exc
         items = items if isinstance(items, list) else [items]
@@ -257,7 +257,7 @@ class GeminiProvider:
     def _stream_object(self, data: bytes) -> dict[str, Any]:
         try:
             obj = _json_decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise UpstreamFailure(f"{self.name}: invalid stream chunk",
                                   code="upstream_invalid_response") from exc
         err = _error_object(obj)

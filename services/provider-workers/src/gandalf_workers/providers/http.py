@@ -106,7 +106,7 @@ async def read_ok(provider: str, response: httpx.Response, failure: FailureFacto
 def decode_json(provider: str, body: bytes) -> Any:
     try:
         return _json_decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise UpstreamFailure(f"{provider}: upstream sent invalid JSON", status=502,
                               code="upstream_invalid_response") from exc
 

@@ -19,6 +19,7 @@ from gandalf_common.contract import Usage
 from .auth import Auth
 from .base import NativeResponse, UpstreamFailure
 from .http import UpstreamHTTP
+from .streams import LineBuffer
 
 _json_decode = msgspec.json.Decoder().decode
 #: Response headers relayed to the client (the rest are hop-by-hop, or about
@@ -117,19 +118,10 @@ def _cut(message: str) -> UpstreamFailure:
     return UpstreamFailure(message, code="upstream_stream_cut")
 
 
-class _Lines:
-    """Split fed bytes into lines (both sniffers and translators use it)."""
-
-    def __init__(self) -> None:
-        self._buf = b""
-
-    def split(self, chunk: bytes) -> list[bytes]:
-        self._buf += chunk
-        *lines, self._buf = self._buf.split(b"\n")
-        return lines
-
-    def rest(self) -> bytes:
-        return self._buf
+def _lines() -> LineBuffer:
+    """Lines of a sniffed stream (a line past ``MAX_LINE`` is a broken stream)."""
+    return LineBuffer(lambda: UpstreamFailure("upstream stream line too long",
+                                              code="upstream_invalid_response"))
 
 
 class JSONBodySniffer:
@@ -150,7 +142,7 @@ class JSONBodySniffer:
     def finish(self) -> None:
         try:
             data = _json_decode(b"".join(self._parts))
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise UpstreamFailure("upstream sent invalid JSON",
                                   code="upstream_invalid_response") from exc
         if isinstance(data, dict):
@@ -163,7 +155,7 @@ class SSESniffer:
 
     def __init__(self, on_event: Callable[[str, Any], Usage | None],
                  is_end: Callable[[str, Any], bool]) -> None:
-        self._lines = _Lines()
+        self._lines = _lines()
         self._event = ""
         self._data: list[bytes] = []
         self._on_event = on_event
@@ -192,7 +184,7 @@ class SSESniffer:
         else:
             try:
                 data = _json_decode(raw)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:
                 raise UpstreamFailure("upstream sent an invalid stream event",
                                       code="upstream_invalid_response") from exc
         usage = self._on_event(event, data)
@@ -213,7 +205,7 @@ class NDJSONSniffer:
 
     def __init__(self, on_line: Callable[[dict[str, Any]], Usage | None],
                  is_end: Callable[[dict[str, Any]], bool]) -> None:
-        self._lines = _Lines()
+        self._lines = _lines()
         self._on_line = on_line
         self._is_end = is_end
         self.ended = False
@@ -228,7 +220,7 @@ class NDJSONSniffer:
             return
         try:
             data = _json_decode(line)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise UpstreamFailure("upstream sent an invalid NDJSON line",
                                   code="upstream_invalid_response") from exc
         if isinstance(data, dict):
@@ -371,7 +363,7 @@ def client_json(body: bytes) -> dict[str, Any]:
     """A native request body as a JSON object; anything else is the client's 400."""
     try:
         data = _json_decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise UpstreamFailure("request body is not valid JSON", status=400,
                               type="invalid_request_error", code="invalid_json",
                               retryable=False) from exc

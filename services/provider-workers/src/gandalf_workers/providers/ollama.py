@@ -46,7 +46,7 @@ def _error_message(body: bytes) -> str:
     """Ollama says ``{"error": "..."}``; a proxy in front may say anything."""
     try:
         data = _json_decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return body[:512].decode("utf-8", "replace").strip()
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, str):
@@ -76,7 +76,7 @@ def _invalid(provider: str, what: str) -> UpstreamFailure:
 def _decode_object(provider: str, raw: bytes, what: str) -> dict[str, Any]:
     try:
         data = _json_decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise _invalid(provider, what) from exc
     if not isinstance(data, dict):
         raise _invalid(provider, what)

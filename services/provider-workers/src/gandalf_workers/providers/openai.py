@@ -107,7 +107,7 @@ def failure_from_response(provider: str, status: int, body: bytes,
             code = str(err.code) if err.code is not None else None
         elif isinstance(err, str):
             message = err
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         message = body[:512].decode("utf-8", "replace")
     text = f"{provider}: upstream returned {status}" + (f": {message}" if message else "")
     return UpstreamFailure(
@@ -170,7 +170,7 @@ class OpenAIProvider:
         try:
             view = _usage_decoder.decode(body).usage
             usage = view.to_usage() if view is not None else None
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise UpstreamFailure(f"{self.name}: upstream sent invalid JSON", status=502,
                                   code="upstream_invalid_response") from exc
         return ProviderResponse(body, usage, str(payload.get("model", "")))
@@ -190,7 +190,7 @@ class OpenAIProvider:
                     break
                 try:
                     view = _chunk_decoder.decode(data)
-                except msgspec.DecodeError as exc:
+                except (msgspec.DecodeError, RecursionError) as exc:
                     raise UpstreamFailure(f"{self.name}: invalid stream chunk",
                                           code="upstream_invalid_response") from exc
                 usage = view.usage.to_usage() if view.usage is not None else None

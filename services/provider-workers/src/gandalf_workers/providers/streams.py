@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 #: A single SSE line longer than this is treated as a broken stream. Generous:
@@ -14,21 +14,46 @@ class SSEError(Exception):
     pass
 
 
+class LineBuffer:
+    """Split fed bytes into complete lines. A partial line is kept as parts
+    and joined once its newline comes: re-scanning a growing buffer on every
+    chunk made a long line quadratic (seconds for a few MiB in small chunks).
+    A line past ``limit`` raises ``error()``."""
+
+    def __init__(self, error: Callable[[], Exception], limit: int = MAX_LINE) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._error = error
+        self._limit = limit
+
+    def split(self, chunk: bytes) -> list[bytes]:
+        if b"\n" not in chunk:
+            self._parts.append(chunk)
+            self._size += len(chunk)
+            if self._size > self._limit:
+                raise self._error()
+            return []
+        *lines, rest = (b"".join(self._parts) + chunk if self._parts else chunk).split(b"\n")
+        self._parts, self._size = ([rest], len(rest)) if rest else ([], 0)
+        if self._size > self._limit or any(len(line) > self._limit for line in lines):
+            raise self._error()
+        return lines
+
+    def rest(self) -> bytes:
+        return b"".join(self._parts)
+
+
 async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, bytes]]:
     """Yield ``(event, data)`` per SSE event; multi-line data joined with ``\\n``.
 
     Comments and ``id:``/``retry:`` fields are skipped. The stream ending in the
     middle of an event drops that partial event.
     """
-    buf = b""
+    buf = LineBuffer(lambda: SSEError("SSE line too long"))
     event = ""
     data: list[bytes] = []
     async for chunk in chunks:
-        buf += chunk
-        if len(buf) > MAX_LINE and b"\n" not in buf:
-            raise SSEError("SSE line too long")
-        *lines, buf = buf.split(b"\n")
-        for raw in lines:
+        for raw in buf.split(chunk):
             line = raw[:-1] if raw.endswith(b"\r") else raw
             if not line:
                 if data:
@@ -44,7 +69,7 @@ async def iter_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, byt
                 data.append(value)
             elif name == b"event":
                 event = value.decode("utf-8", "replace")
-    if data and buf == b"":
+    if data and buf.rest() == b"":
         # A final event without the trailing blank line is still complete.
         yield event, b"\n".join(data)
 
@@ -56,18 +81,14 @@ class FrameError(Exception):
 async def iter_ndjson(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """Yield each non-empty line of an NDJSON stream (Ollama). A final line
     without its newline is still yielded: the caller checks the ``done`` flag."""
-    buf = b""
+    buf = LineBuffer(lambda: FrameError("NDJSON line too long"))
     async for chunk in chunks:
-        buf += chunk
-        if len(buf) > MAX_LINE and b"\n" not in buf:
-            raise FrameError("NDJSON line too long")
-        *lines, buf = buf.split(b"\n")
-        for line in lines:
+        for line in buf.split(chunk):
             line = line.strip()
             if line:
                 yield line
-    if buf.strip():
-        yield buf.strip()
+    if rest := buf.rest().strip():
+        yield rest
 
 
 async def iter_eventstream(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[dict[str, Any],

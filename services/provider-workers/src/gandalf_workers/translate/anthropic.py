@@ -249,7 +249,7 @@ def _tool_use(call: Any, where: str) -> dict[str, Any]:
     elif isinstance(arguments, str):
         try:
             data = _json_decode(arguments)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise TranslationError(f"{where}: function.arguments is not valid JSON") from exc
     else:
         data = arguments
@@ -337,7 +337,8 @@ def _with_json_tool(payload: dict[str, Any], tools: list[dict[str, Any]],
 
 
 def finish_reason(stop_reason: Any) -> str:
-    return _FINISH_REASONS.get(stop_reason, "stop") if stop_reason else "stop"
+    # Not a str: a malformed answer (and unhashable values must not raise).
+    return _FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
 
 
 def usage_from_anthropic(usage: Any) -> Usage:
@@ -373,7 +374,8 @@ def from_anthropic_response(data: dict[str, Any], *, model: str = "",
     reasoning: list[str] = []
     calls: list[dict[str, Any]] = []
     answer: str | None = None
-    for block in data.get("content") or []:
+    content = data.get("content")
+    for block in content if isinstance(content, list) else []:
         if not isinstance(block, dict):
             continue
         kind = block.get("type")

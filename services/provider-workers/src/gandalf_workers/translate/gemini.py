@@ -264,7 +264,7 @@ def _call_args(raw: Any) -> dict[str, Any]:
         return {}
     try:
         value = _json_decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         value = None
     # A model can have produced arguments that are not an object; rejecting
     # the whole conversation for it would strand the client, so keep the text.
@@ -282,7 +282,7 @@ def _function_response(msg: dict[str, Any], i: int,
     text = _plain_text(msg.get("content"), i)
     try:
         value = _json_decode(text) if text.lstrip().startswith("{") else None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         value = None
     response = value if isinstance(value, dict) else {"content": text}
     return {"functionResponse": {"name": name, "response": response}}

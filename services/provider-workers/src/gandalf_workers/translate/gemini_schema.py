@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .gemini_common import TranslationError
+from .limits import Budget, LimitError, recursive
+
 #: Schema fields Gemini's ``Schema`` message knows; any other key (``$schema``,
 #: ``additionalProperties``, ``strict``, ``examples``, ...) makes it answer
 #: 400 "Unknown name". A whitelist, because the list of rejected keys is open.
@@ -17,41 +20,64 @@ _SCHEMA_KEYS = frozenset({
 })
 #: String formats Gemini accepts; others (``uri``, ``email``) are refused with a 400.
 _FORMATS = frozenset({"enum", "date-time", "int32", "int64", "float", "double"})
-#: Guard against recursive ``$ref`` schemas, which Gemini cannot express anyway.
-_MAX_SCHEMA_DEPTH = 32
 
 
 def clean_schema(schema: Any) -> dict[str, Any]:
     """A JSON schema reduced to what Gemini's ``Schema`` accepts, recursively:
     local ``$ref``s inlined, ``type: [x, "null"]`` and ``anyOf`` with null
-    turned into ``nullable``, ``oneOf`` read as ``anyOf``, other keys dropped."""
+    turned into ``nullable``, ``oneOf`` read as ``anyOf``, other keys dropped.
+
+    Raises :class:`TranslationError` (a 400) for a recursive schema (Gemini's
+    ``Schema`` cannot express one) and for one whose expansion passes the
+    bounds of :mod:`.limits`: inlining ``$ref`` can grow a small schema
+    exponentially, so the output is counted while built and never finished."""
     if not isinstance(schema, dict):
         return {}
     defs: dict[str, Any] = {}
     for key in ("definitions", "$defs"):
         if isinstance(schema.get(key), dict):
             defs.update(schema[key])
-    return _clean(schema, defs, 0)
+    try:
+        return _clean(schema, defs, 0, frozenset(), Budget())
+    except LimitError as exc:
+        raise TranslationError(exc.message, code=exc.code) from None
 
 
-def _clean(node: Any, defs: dict[str, Any], depth: int) -> dict[str, Any]:
-    if not isinstance(node, dict) or depth > _MAX_SCHEMA_DEPTH:
-        return {}
-    ref = node.get("$ref")
-    if isinstance(ref, str):
-        target = defs.get(ref.rsplit("/", 1)[-1]) if ref.startswith("#/") else None
+def _resolve(node: dict[str, Any], defs: dict[str, Any],
+             active: frozenset[str]) -> tuple[dict[str, Any], frozenset[str]]:
+    """``node`` with its ``$ref`` chain inlined (siblings win), and the refs
+    now being expanded on this path (one seen again is a cycle)."""
+    while isinstance(ref := node.get("$ref"), str):
         siblings = {k: v for k, v in node.items() if k != "$ref"}
-        node = {**target, **siblings} if isinstance(target, dict) else siblings
+        name = ref.rsplit("/", 1)[-1] if ref.startswith("#/") else None
+        target = defs.get(name) if name is not None else None
+        if not isinstance(target, dict):
+            return siblings, active
+        if name in active:
+            raise recursive(ref)
+        active = active | {name}
+        node = {**target, **siblings}
+    return node, active
+
+
+def _clean(node: Any, defs: dict[str, Any], depth: int, active: frozenset[str],
+           budget: Budget) -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {}
+    budget.node(depth)
+    node, active = _resolve(node, defs, active)
     out: dict[str, Any] = {}
     any_of: list[dict[str, Any]] | None = None
     for key, value in node.items():
         if key == "properties" and isinstance(value, dict):
-            out[key] = {name: _clean(sub, defs, depth + 1) for name, sub in value.items()}
+            out[key] = {name: _clean(sub, defs, depth + 1, active, budget)
+                        for name, sub in value.items()}
+            budget.add(sum(len(str(name)) + 4 for name in value))
         elif key == "items":
             out[key] = _clean(value[0] if isinstance(value, list) and value else value,
-                              defs, depth + 1)
+                              defs, depth + 1, active, budget)
         elif key in ("anyOf", "oneOf") and isinstance(value, list):
-            any_of = [_clean(s, defs, depth + 1) for s in value]
+            any_of = [_clean(s, defs, depth + 1, active, budget) for s in value]
         elif key == "type" and isinstance(value, list):
             _merge_type_list(out, [t for t in value if isinstance(t, str)])
         elif key == "type" and value == "null":
@@ -62,6 +88,7 @@ def _clean(node: Any, defs: dict[str, Any], depth: int) -> dict[str, Any]:
             if value in _FORMATS:
                 out[key] = value
         elif key in _SCHEMA_KEYS:
+            budget.value(key, value)
             out[key] = value
     if any_of is not None:
         _merge_any_of(out, any_of)

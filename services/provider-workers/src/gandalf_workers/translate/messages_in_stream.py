@@ -255,7 +255,7 @@ def load_json(body: bytes | JSON, what: str) -> JSON:
         return body
     try:
         data = _decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise ValueError(f"OpenAI {what} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"OpenAI {what} is not a JSON object")
@@ -300,7 +300,7 @@ def tool_input(arguments: Any) -> JSON:
         return {}
     try:
         value = _decode(arguments)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return {"_raw": arguments}
     return value if isinstance(value, dict) else {"_raw": arguments}
 

@@ -175,7 +175,7 @@ def _arguments_in(arguments: Any) -> dict[str, Any]:
         raise _bad("tool call arguments must be a JSON string")
     try:
         value = _json_decode(arguments)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise _bad("tool call arguments are not valid JSON") from exc
     if not isinstance(value, dict):
         raise _bad("tool call arguments must be a JSON object")
