@@ -106,3 +106,33 @@ async def test_heartbeats_keep_a_slow_upstream_call_alive(own_nats: Any,
                                 headers={"Authorization": f"Bearer {TEST_KEY}"})
             assert r.status_code == 200, r.text
             assert "handler_lost" not in r.text
+
+
+async def test_a_worker_that_dies_holding_the_request_fails_it_fast(
+        own_nats: Any, mock_upstream: Any) -> None:
+    """A real router hands the request to a "worker" that takes it and dies:
+    the router stops speaking for it, so the ingress gives up in seconds."""
+    from gandalf_common.config import parse_config
+    from gandalf_router.app import RouterService
+
+    yaml = config(free_port(), mock_upstream.base_url)
+    nc = await connect(own_nats.url, "dead-worker")
+    router = RouterService(parse_config(yaml)[0])
+    await router.start(nc)
+    await nc.subscribe(contract.provider_subject("lv", contract.OP_CHAT), cb=_ignore)
+    try:
+        async with pipeline(own_nats.url, yaml, backend=False) as url, \
+                httpx.AsyncClient(timeout=30) as http:
+            t0 = time.monotonic()
+            r = await http.post(f"{url}/v1/chat/completions", json=BODY,
+                                headers={"Authorization": f"Bearer {TEST_KEY}"})
+            took = time.monotonic() - t0
+    finally:
+        await router.stop(1.0)
+        await nc.close()
+    assert r.status_code == 502 and r.json()["error"]["code"] == "handler_lost", r.text
+    assert took <= LIVENESS_S + 1.5, took
+
+
+async def _ignore(msg: Any) -> None:
+    """Takes the request and never answers, as a process killed right then."""

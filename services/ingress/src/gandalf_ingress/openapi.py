@@ -13,8 +13,9 @@ from nats.aio.client import Client as NATS
 from gandalf_common import contract
 from gandalf_common.errors import ErrorBody
 
+from .body_policy import FORBIDDEN_FIELDS
 from .relay import Receive, Send
-from .schemas import FORBIDDEN_FIELDS, ChatRequest, EmbeddingsRequest
+from .schemas import ChatRequest, EmbeddingsRequest
 
 log = logging.getLogger("gandalf.ingress")
 

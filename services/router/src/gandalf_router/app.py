@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -142,12 +143,13 @@ class RouterService:
         # Decoded as it came (deadline 0 in the body): forwarded as is, with
         # the header's deadline beside it.
         req = route_decoder.decode(msg.data)
-        task = asyncio.create_task(self._route(req, msg.reply, deadline),
+        # Held (heartbeats to the ingress) while the router itself works on
+        # it; a worker that has it sends its own.
+        key = f"{req.request_id}\x00{uuid.uuid4().hex}"
+        self.heartbeats.hold(key, msg.reply)  # type: ignore[union-attr]
+        task = asyncio.create_task(self._route(req, msg.reply, deadline, key),
                                    name=req.request_id)
         self._tasks.add(task)
-        # Held (heartbeats to the ingress) until a worker has taken it over.
-        key = f"{req.request_id}\x00{id(task)}"
-        self.heartbeats.hold(key, msg.reply)  # type: ignore[union-attr]
         task.add_done_callback(lambda t: self._done(t, key))
 
     def _done(self, task: asyncio.Task[None], key: str) -> None:
@@ -155,7 +157,8 @@ class RouterService:
         if self.heartbeats is not None:
             self.heartbeats.release(key)
 
-    async def _route(self, req: RouteRequest, reply_to: str, deadline: float = 0.0) -> None:
+    async def _route(self, req: RouteRequest, reply_to: str, deadline: float = 0.0,
+                     held: str = "") -> None:
         nc = self._nc
         assert nc is not None
         table = self.table  # this request's view, whatever changes meanwhile
@@ -195,6 +198,12 @@ class RouterService:
             self.balancer.start(key)
             t0 = time.monotonic()
             ok = False
+            # The worker speaks for the request while it has it: if it dies,
+            # the ingress hears nothing and fails the request within seconds
+            # (the router's own wait for its answer may be long: time to
+            # first byte).
+            if held and self.heartbeats is not None:
+                self.heartbeats.release(held)
             try:
                 ctl = await self._exec(nc, req, target.provider, encode(exec_req), headers,
                                        deadline or time.time() + remaining)
@@ -216,6 +225,8 @@ class RouterService:
             finally:
                 # Latency to the first byte (Started) or the failure: Peak-EWMA input.
                 self.balancer.finish(key, time.monotonic() - t0, ok)
+                if held and self.heartbeats is not None and not ok:
+                    self.heartbeats.hold(held, reply_to)  # back with the router
             if isinstance(ctl, Started) or ctl.code == CODE_CLIENT_GONE:
                 return  # served, or nobody is waiting any more
             failures.append(ctl)
