@@ -34,6 +34,8 @@ _FILTERED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT"
 def finish_reason(reason: Any, has_calls: bool) -> str:
     """Gemini ``finishReason`` -> OpenAI. Gemini says STOP after function
     calls too; OpenAI clients only run tools on ``tool_calls``."""
+    if not isinstance(reason, str):  # a malformed answer: not a reason we know
+        return "tool_calls" if has_calls else "stop"
     if reason == "MAX_TOKENS":
         return "length"
     if reason in _FILTERED:
