@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +16,8 @@ import httpx
 import pytest
 
 from gateway_harness import UPSTREAM_KEY, free_port
+from up_harness import start_up, stop_up
 
-GANDALF = [sys.executable, "-m", "gandalf_common.cli"]
 ADMIN = "gnd_heal_admin_key"
 
 pytestmark = pytest.mark.slow
@@ -55,24 +54,9 @@ keys:
     role: admin
 """)
     log = tmp / "up.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GANDALF_")}
-    with log.open("w") as err:
-        proc = subprocess.Popen([*GANDALF, "up", "--config", str(config), "--data-dir",
-                                 str(tmp / "state"), "--processes", "2", "--log-level",
-                                 "warning"], env=env, stdout=subprocess.DEVNULL, stderr=err,
-                                text=True)
-    deadline = time.monotonic() + 90
-    while "ready on" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("gandalf up did not start:\n" + log.read_text())
-        time.sleep(0.2)
+    proc = start_up(config, tmp / "state", log)
     yield Up(f"http://127.0.0.1:{port}", tmp / "state", log, proc)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_up(proc)
 
 
 def _pid_of(up: Up, needle: str) -> int:

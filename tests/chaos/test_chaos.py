@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -32,8 +31,8 @@ import pytest
 from gandalf_common.liveness import LIVENESS_S
 from gandalf_common.statefile import read_runtime
 from gateway_harness import UPSTREAM_KEY, free_port
+from up_harness import GANDALF, clean_env, start_up, stop_up
 
-GANDALF = [sys.executable, "-m", "gandalf_common.cli"]
 KEY = "gnd_chaos_admin_key"
 CONCURRENCY = 12
 LOAD_S = 6.0
@@ -71,24 +70,9 @@ keys:
   - {{name: admin, key: {KEY}, role: admin}}
 """)
     log = tmp / "up.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GANDALF_")}
-    with log.open("w") as err:
-        proc = subprocess.Popen([*GANDALF, "up", "--config", str(config), "--data-dir",
-                                 str(tmp / "state"), "--processes", "2", "--log-level",
-                                 "warning"], env=env, stdout=subprocess.DEVNULL, stderr=err,
-                                text=True)
-    deadline = time.monotonic() + 90
-    while "ready on" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("gandalf up did not start:\n" + log.read_text())
-        time.sleep(0.2)
+    proc = start_up(config, tmp / "state", log)
     yield Up(f"http://127.0.0.1:{port}", tmp / "state", config, log, proc)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_up(proc)
 
 
 # --------------------------------------------------------------- processes
@@ -235,8 +219,7 @@ async def _rows(up: Up, ids: list[str], since: datetime) -> tuple[set[str], int]
 
 
 def _verify(up: Up, since: datetime) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GANDALF_")}
-    env["GANDALF_DATA_DIR"] = str(up.state)
+    env = clean_env(GANDALF_DATA_DIR=str(up.state))
     return subprocess.run([*GANDALF, "usage", "replay", "--config", str(up.config), "--from",
                            since.isoformat(), "--verify", "--max-latency", "1"],
                           env=env, capture_output=True, text=True, timeout=120)

@@ -139,7 +139,6 @@ class EdgeMiddleware:
         app = self.fast.get(path) if method == "POST" else None
         try:
             await (app or self.app)(scope, receive, held)
-            await held.release()
         except Exception:
             log.exception("unhandled error on %s %s (request %s)", clean(method), clean(path),
                           request_id)
@@ -150,7 +149,7 @@ class EdgeMiddleware:
                     500, "internal server error", type="api_error", code="internal_error")})
             status = 500
         finally:
-            await held.release()
+            await held.release()  # whatever the endpoint did not release itself
             ACTIVE.dec()
             elapsed = time.perf_counter() - t0
             self._record(method, path, status, elapsed)

@@ -109,11 +109,7 @@ class UsagePublisher:
         from memory like any other (a duplicate is dropped by its msg id)."""
         if self.nc.is_connected:
             try:
-                ack = await self.nc.jetstream().publish_async(
-                    contract.USAGE_SUBJECT, usage_json_encode(event), wait_stall=wait,
-                    headers={"Nats-Msg-Id": event.request_id})
-                await asyncio.wait_for(ack, wait)
-                EVENTS.inc()
+                await self._store(event, wait)
                 return True
             except asyncio.CancelledError:
                 self._backing_off += 1
@@ -126,18 +122,22 @@ class UsagePublisher:
         await self.record(event)
         return False
 
+    async def _store(self, event: UsageEvent, timeout: float) -> None:
+        """Publish and wait for the stream's ack (msg id = request id, so a
+        retry after a lost ack is dropped as a duplicate)."""
+        ack = await self.nc.jetstream().publish_async(
+            contract.USAGE_SUBJECT, usage_json_encode(event), wait_stall=timeout,
+            headers={"Nats-Msg-Id": event.request_id})
+        await asyncio.wait_for(ack, timeout)
+        EVENTS.inc()
+
     async def _run(self) -> None:
-        js = self.nc.jetstream()
         while True:
             event, attempt = await self._queue.get()
             QUEUED.set(self._queue.qsize())
             self._publishing += 1
             try:
-                ack = await js.publish_async(
-                    contract.USAGE_SUBJECT, usage_json_encode(event), wait_stall=ACK_TIMEOUT_S,
-                    headers={"Nats-Msg-Id": event.request_id})
-                await asyncio.wait_for(ack, ACK_TIMEOUT_S)
-                EVENTS.inc()
+                await self._store(event, ACK_TIMEOUT_S)
             except asyncio.CancelledError:
                 self._queue.put_nowait((event, attempt))  # kept for the final drain
                 raise

@@ -10,10 +10,10 @@ swaps the reference, so in-flight requests keep the table they started with.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
-import uuid
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -79,6 +79,7 @@ class RouterService:
         #: Live workers per instance: the owners of coalescable requests.
         self.members = Membership()
         self.heartbeats: Heartbeats | None = None
+        self._holds = itertools.count()  # one hold per routing task
 
     @property
     def table(self) -> RouteTable:
@@ -145,7 +146,7 @@ class RouterService:
         req = route_decoder.decode(msg.data)
         # Held (heartbeats to the ingress) while the router itself works on
         # it; a worker that has it sends its own.
-        key = f"{req.request_id}\x00{uuid.uuid4().hex}"
+        key = f"{req.request_id}\x00{next(self._holds)}"
         self.heartbeats.hold(key, msg.reply)  # type: ignore[union-attr]
         task = asyncio.create_task(self._route(req, msg.reply, deadline, key),
                                    name=req.request_id)
