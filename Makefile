@@ -17,7 +17,7 @@ dev: $(BIN)/gandalf ## create the venv and install every package (editable) + de
 run: dev ## run the whole gateway on this machine (embedded NATS and PostgreSQL)
 	$(BIN)/gandalf up --config $(CONFIG)
 
-test: dev ## the test suite (~8 min; starts its own NATS/PostgreSQL/Valkey when none is running)
+test: dev ## the test suite (~5 min; starts its own NATS/PostgreSQL/Valkey when none is running)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
