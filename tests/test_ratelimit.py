@@ -473,3 +473,106 @@ async def test_redis_pipelined_acquires_stay_exact(redis_url: str, prefix: str) 
         await a.aclose()
         await b.aclose()
         await _drop_prefix(redis_url, prefix)
+
+
+# --------------------------------------------------------------------------- leases
+
+
+async def test_redis_lease_admits_locally_and_never_above_the_limit(redis_url: str,
+                                                                    prefix: str) -> None:
+    """Large limit: most acquires cost no round trip; two processes together still
+    admit at most the limit (plus what refills meanwhile), and are refused early by
+    at most one lease each."""
+    from gandalf_ingress.ratelimit import lease
+
+    rpm = 3000  # lease: 60 requests
+    a = RedisLimiter(redis_url, prefix=prefix, timeout=2)
+    b = RedisLimiter(redis_url, prefix=prefix, timeout=2)
+    client = make_client(redis_url, timeout=2)
+    try:
+        await a.load()
+        await a.acquire("warm", 10, 0, 0)
+        before = await _scripts_run(client)
+        t0 = asyncio.get_running_loop().time()
+        admitted = 0
+        for _ in range(100):
+            admitted += (await a.acquire("k", rpm, 0, 0)).allowed
+        assert admitted == 100
+        # 100 requests took a handful of round trips, not 100
+        assert await _scripts_run(client) - before <= 100 // lease.size(rpm, 0, 0)[0] + 2
+        # Both processes drain the bucket: the bound holds across them.
+        results = []
+        for i in range(6000):
+            d = await (a if i % 2 else b).acquire("k", rpm, 0, 0)
+            results.append(d)
+            if not d.allowed and i > 200 and not any(r.allowed for r in results[-50:]):
+                break
+        elapsed = asyncio.get_running_loop().time() - t0
+        total = admitted + sum(d.allowed for d in results)
+        refill = elapsed * rpm / 60
+        assert total <= rpm + refill + 1
+        assert total >= rpm - 2 * lease.size(rpm, 0, 0)[0]
+    finally:
+        await client.aclose()
+        await a.aclose()
+        await b.aclose()
+        await _drop_prefix(redis_url, prefix)
+
+
+async def test_redis_lease_is_returned_on_close_and_expiry(redis_url: str, prefix: str,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    from gandalf_ingress.ratelimit import lease, redis_backend
+
+    monkeypatch.setattr(lease, "TTL", 0.2)
+    monkeypatch.setattr(redis_backend, "REFUND_DELAY", 0.1)
+    client = make_client(redis_url, timeout=2)
+    a = RedisLimiter(redis_url, prefix=prefix, timeout=2)
+    try:
+        d = await a.acquire("k", 5000, 500_000, 100)
+        assert d.allowed
+        state = await client.hgetall(prefix + "k")
+        # the lease was taken out of Redis: 64 requests and 6,400 tokens beside this one
+        assert float(state["req_tokens"]) <= 5000 - 1 - 64 + 1
+        assert float(state["tok_tokens"]) <= 500_000 - 100 - 6400 + 10
+        # unused, it goes back once it expires
+        await asyncio.sleep(0.6)
+        state = await client.hgetall(prefix + "k")
+        assert float(state["req_tokens"]) >= 5000 - 1
+        assert float(state["tok_tokens"]) >= 500_000 - 100
+        # and on close
+        await a.acquire("c", 5000, 0, 0)
+        await a.aclose()
+        assert float(await client.hget(prefix + "c", "req_tokens")) >= 5000 - 1
+    finally:
+        await client.aclose()
+        await a.aclose()
+        await _drop_prefix(redis_url, prefix)
+
+
+async def test_redis_no_lease_below_half_or_for_small_limits(redis_url: str,
+                                                             prefix: str) -> None:
+    """Small limits and a bucket under half full are decided by Redis on every
+    request, so the remaining count stays exact across processes."""
+    a = RedisLimiter(redis_url, prefix=prefix, timeout=2)
+    b = RedisLimiter(redis_url, prefix=prefix, timeout=2)
+    try:
+        seen = [(await (a if i % 2 else b).acquire("small", 40, 0, 0)).remaining_requests
+                for i in range(40)]
+        assert seen == list(range(39, -1, -1))
+        # 3,000 rpm: leases until the bucket is half empty, then every request is exact
+        rem = []
+        for i in range(3000):
+            d = await (a if i % 2 else b).acquire("big", 3000, 0, 0)
+            if not d.allowed:
+                break
+            rem.append(d.remaining_requests)
+        # well below half: both processes see one count, falling by one a request (less the
+        # refill, 50 a second, which can repeat a value)
+        tail = rem[-1000:]
+        assert all(x >= y for x, y in zip(tail, tail[1:], strict=False))
+        assert tail[0] - tail[-1] >= 900
+    finally:
+        await a.aclose()
+        await b.aclose()
+        await _drop_prefix(redis_url, prefix)

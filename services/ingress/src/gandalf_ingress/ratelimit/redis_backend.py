@@ -1,6 +1,8 @@
 """Redis backends: dual token buckets and budget reservations shared by every ingress process.
 
-One round trip per request: the acquire is one EVALSHA of one Lua script that takes the request
+At most one round trip per request, and usually none for large limits: a process leases a
+few requests' worth of both buckets and admits from them locally (``lease.py`` states the
+bound). Otherwise the acquire is one EVALSHA of one Lua script that takes the request
 and the tokens together (NOSCRIPT → EVAL, which also caches it; ``load()`` pre-loads all scripts
 with SCRIPT LOAD), and the calls of one event-loop turn share a pipeline (``autopipe``). The
 settle after the call adds no round trip when it is a refund (the usual case: the estimate
@@ -26,7 +28,9 @@ import asyncio
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -34,6 +38,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
+from . import lease
 from .autopipe import AutoPipeline
 from .ports import IDLE_TTL, WINDOW, Decision, cap_tokens
 
@@ -68,18 +73,24 @@ local function fmt(x) return string.format('%.17g', x) end
 """
 
 #: KEYS[1] = state hash; ARGV = window, ttl, rpm, tpm, tokens (already capped),
-#: refund (earlier requests' unused tokens, applied first)
-#: returns {allowed (0/1), req level, tok level, retry_after} (levels "-1" when unlimited)
+#: refund (earlier requests' unused tokens, applied first), refund_req (an ended lease's
+#: requests), lease_req, lease_tok (a lease wanted beside this request, see lease.py)
+#: returns {allowed (0/1), req level, tok level, retry_after, lease granted (0/1)}
+#: (levels "-1" when unlimited)
 ACQUIRE_LUA = _COMMON + """
 local rpm = tonumber(ARGV[3])
 local tpm = tonumber(ARGV[4])
 local need = tonumber(ARGV[5])
 local refund = tonumber(ARGV[6]) or 0
+local refund_req = tonumber(ARGV[7]) or 0
+local lease_req = tonumber(ARGV[8]) or 0
+local lease_tok = tonumber(ARGV[9]) or 0
 local s = redis.call('HMGET', KEYS[1],
   'req_tokens', 'req_ts', 'req_limit', 'tok_tokens', 'tok_ts', 'tok_limit')
 local req = refresh(s[1], s[2], s[3], rpm)
 local tok = refresh(s[4], s[5], s[6], tpm)
 if tok and refund > 0 then tok = math.min(tpm, tok + refund) end
+if req and refund_req > 0 then req = math.min(rpm, req + refund_req) end
 
 local wait = 0
 if req and 1 - req > eps then wait = math.max(wait, (1 - req) * window / rpm) end
@@ -89,6 +100,19 @@ if wait == 0 then
   allowed = 1
   if req then req = math.max(0, req - 1) end
   if tok then tok = math.max(0, tok - need) end
+end
+
+-- A lease only while every bucket stays at least half full once it is taken.
+local granted = 0
+if allowed == 1 and (lease_req > 0 or lease_tok > 0) then
+  local ok = true
+  if req and (lease_req <= 0 or req - lease_req < rpm / 2) then ok = false end
+  if tok and tok - lease_tok < tpm / 2 then ok = false end
+  if ok then
+    if req then req = req - lease_req end
+    if tok then tok = tok - lease_tok end
+    granted = 1
+  end
 end
 
 local fields = {}
@@ -106,18 +130,35 @@ if #fields > 0 then
   redis.call('HSET', KEYS[1], unpack(fields))
   redis.call('EXPIRE', KEYS[1], ttl)
 end
-return {allowed, fmt(req or -1), fmt(tok or -1), fmt(wait)}
+return {allowed, fmt(req or -1), fmt(tok or -1), fmt(wait), granted}
 """
 
-#: KEYS[1] = state hash; ARGV = window, ttl, tpm, delta (reserved - actual)
+#: KEYS[1] = state hash; ARGV = window, ttl, tpm, delta (reserved - actual),
+#: rpm, req_delta (an ended lease's unused requests)
 SETTLE_LUA = _COMMON + """
 local tpm = tonumber(ARGV[3])
 local delta = tonumber(ARGV[4])
-local s = redis.call('HMGET', KEYS[1], 'tok_tokens', 'tok_ts', 'tok_limit')
-local tok = refresh(s[1], s[2], s[3], tpm)
-if not tok then return 0 end
-tok = math.min(tpm, math.max(0, tok + delta))
-redis.call('HSET', KEYS[1], 'tok_tokens', fmt(tok), 'tok_ts', fmt(now), 'tok_limit', tpm)
+local rpm = tonumber(ARGV[5]) or 0
+local req_delta = tonumber(ARGV[6]) or 0
+local s = redis.call('HMGET', KEYS[1],
+  'req_tokens', 'req_ts', 'req_limit', 'tok_tokens', 'tok_ts', 'tok_limit')
+local fields = {}
+local tok = refresh(s[4], s[5], s[6], tpm)
+if tok and delta ~= 0 then
+  tok = math.min(tpm, math.max(0, tok + delta))
+  table.insert(fields, 'tok_tokens'); table.insert(fields, fmt(tok))
+  table.insert(fields, 'tok_ts'); table.insert(fields, fmt(now))
+  table.insert(fields, 'tok_limit'); table.insert(fields, tpm)
+end
+local req = refresh(s[1], s[2], s[3], rpm)
+if req and req_delta > 0 then
+  req = math.min(rpm, req + req_delta)
+  table.insert(fields, 'req_tokens'); table.insert(fields, fmt(req))
+  table.insert(fields, 'req_ts'); table.insert(fields, fmt(now))
+  table.insert(fields, 'req_limit'); table.insert(fields, rpm)
+end
+if #fields == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ttl)
 return 1
 """
@@ -199,16 +240,21 @@ class _RedisBase:
 
 
 class RedisLimiter(_RedisBase):
-    """Dual token buckets in Redis, one hash per key, server time."""
+    """Dual token buckets in Redis, one hash per key, server time; leases (lease.py) for
+    limits large enough that a few requests' worth is a small fraction of them."""
 
     def __init__(self, url: str | None = None, *, client: aioredis.Redis | None = None,
                  prefix: str = "gandalf:rl:", timeout: float = DEFAULT_TIMEOUT,
-                 ttl: int = IDLE_TTL) -> None:
+                 ttl: int = IDLE_TTL, leases: bool = True) -> None:
         super().__init__(url, client, prefix, timeout)
         self._ttl = ttl
         self._pipe = AutoPipeline(self._client)
-        #: Unused tokens of finished requests, per key: (tpm, tokens).
-        self._refunds: dict[str, tuple[int, int]] = {}
+        #: What goes back to the shared buckets, per key: unused tokens of finished requests
+        #: and what ended leases left.
+        self._refunds: dict[str, _Refund] = {}
+        self._leases: dict[str, lease.Lease] = {}
+        self._leasing: set[str] = set()  # keys with a lease request in flight
+        self._lease_on = leases
         self._flusher: asyncio.Task[None] | None = None
 
     async def acquire(self, key: str, rpm: int, tpm: int, tokens: int) -> Decision:
@@ -216,19 +262,48 @@ class RedisLimiter(_RedisBase):
         need = cap_tokens(tokens, tpm) if tpm > 0 else 0
         if rpm == 0 and tpm == 0:
             return Decision(True, 0, 0, 0, 0, 0.0, 0)
-        # A refund rides along only when this call touches the token bucket.
-        refund = self._refunds.pop(key, (0, 0))[1] if tpm > 0 else 0
-        async with asyncio.timeout(self._timeout * 3):
-            res = await self._pipe.call(_ACQUIRE, [self._prefix + key],
-                                        [WINDOW, self._ttl, rpm, tpm, need, refund])
+        held = self._leases.get(key)
+        if held is not None:
+            if held.live(rpm, tpm, time.monotonic()) and held.take(need):
+                req, tok = held.remaining()
+                return Decision(True, rpm, req, tpm, tok, 0.0, need)
+            self._end_lease(key)
+        # What waits to go back rides along on this call, where it applies to its bucket.
+        refund = refund_req = 0
+        back = self._refunds.pop(key, None)
+        if back is not None:
+            if tpm > 0 and back.tpm == tpm:
+                refund, back.tok = back.tok, 0
+            if rpm > 0 and back.rpm == rpm:
+                refund_req, back.req = back.req, 0
+            if back.tok or back.req:
+                self._refunds[key] = back
+        want_req, want_tok = (0, 0)
+        if self._lease_on and key not in self._leasing:
+            want_req, want_tok = lease.size(rpm, tpm, need)
+        if want_req or want_tok:
+            self._leasing.add(key)
+        try:
+            async with asyncio.timeout(self._timeout * 3):
+                res = await self._pipe.call(
+                    _ACQUIRE, [self._prefix + key],
+                    [WINDOW, self._ttl, rpm, tpm, need, refund, refund_req, want_req, want_tok])
+        finally:
+            if want_req or want_tok:
+                self._leasing.discard(key)
         allowed = int(res[0]) == 1
-        req, tok, wait = float(res[1]), float(res[2]), float(res[3])
+        req_level, tok_level, wait = float(res[1]), float(res[2]), float(res[3])
+        if allowed and int(res[4]) == 1:
+            self._leases[key] = lease.new(rpm, tpm, want_req, want_tok, req_level, tok_level)
+            self._schedule_flush()
+            req_level += want_req
+            tok_level += want_tok
         return Decision(
             allowed=allowed,
             limit_requests=rpm,
-            remaining_requests=math.floor(req + 1e-9) if rpm else 0,
+            remaining_requests=math.floor(req_level + 1e-9) if rpm else 0,
             limit_tokens=tpm,
-            remaining_tokens=math.floor(tok + 1e-9) if tpm else 0,
+            remaining_tokens=math.floor(tok_level + 1e-9) if tpm else 0,
             retry_after=0.0 if allowed else wait,
             reserved_tokens=need if allowed else 0,
         )
@@ -237,10 +312,34 @@ class RedisLimiter(_RedisBase):
         if tpm <= 0 or reserved == actual:
             return
         delta = int(reserved) - int(actual)
+        held = self._leases.get(key)
+        if held is not None and held.tpm == tpm:
+            # Settled against the lease first: its tokens were already taken from Redis.
+            delta = held.refund(delta) if delta > 0 else -held.charge(-delta)
+            if delta == 0:
+                return
         if delta < 0:  # a charge: at once
             await self._run(_SETTLE, [self._prefix + key], [WINDOW, self._ttl, tpm, delta])
             return
-        self._refunds[key] = (tpm, self._refunds.get(key, (tpm, 0))[1] + delta)
+        self._give_back(key, 0, tpm, 0, delta)
+        self._schedule_flush()
+
+    def _give_back(self, key: str, rpm: int, tpm: int, req: int, tok: int) -> None:
+        old = self._refunds.get(key)
+        if old is None:
+            self._refunds[key] = _Refund(rpm, tpm, req, tok)
+            return
+        old.rpm, old.tpm = rpm or old.rpm, tpm or old.tpm
+        old.req += req
+        old.tok += tok
+
+    def _end_lease(self, key: str) -> None:
+        held = self._leases.pop(key)
+        req, tok = held.leftover()
+        if req or tok:
+            self._give_back(key, held.rpm, held.tpm, req, tok)
+
+    def _schedule_flush(self) -> None:
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_later())
 
@@ -249,13 +348,19 @@ class RedisLimiter(_RedisBase):
             await asyncio.sleep(REFUND_DELAY)
         finally:
             self._flusher = None
+        now = time.monotonic()
+        for key in [k for k, held in self._leases.items() if now >= held.expires]:
+            self._end_lease(key)
         await self.flush()
+        if self._leases:
+            self._schedule_flush()
 
     async def flush(self) -> None:
-        """Send the refunds no acquire has picked up (one pipeline)."""
+        """Send what no acquire has picked up (one pipeline)."""
         pending, self._refunds = self._refunds, {}
-        calls = [self._pipe.call(_SETTLE, [self._prefix + key], [WINDOW, self._ttl, tpm, n])
-                 for key, (tpm, n) in pending.items()]
+        calls = [self._pipe.call(_SETTLE, [self._prefix + key],
+                                 [WINDOW, self._ttl, r.tpm, r.tok, r.rpm, r.req])
+                 for key, r in pending.items()]
         try:
             async with asyncio.timeout(self._timeout * 3):
                 await asyncio.gather(*calls)
@@ -266,8 +371,18 @@ class RedisLimiter(_RedisBase):
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
+        for key in list(self._leases):
+            self._end_lease(key)
         await self.flush()
         await super().aclose()
+
+
+@dataclass(slots=True)
+class _Refund:
+    rpm: int
+    tpm: int
+    req: int
+    tok: int
 
 
 class RedisBudgetReservations(_RedisBase):
