@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/gandalf.yaml
 
-.PHONY: dev run test lint bench clean reset-state
+.PHONY: dev run test lint asyncapi bench clean reset-state
 
 $(BIN)/gandalf: requirements-dev.txt libs/common/pyproject.toml services/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ test: dev ## the test suite (~5 min; starts its own NATS/PostgreSQL/Valkey when 
 
 lint: dev
 	$(BIN)/ruff check .
+
+asyncapi: dev ## regenerate docs/asyncapi.yaml (the bus) from contract.py
+	$(BIN)/python -m gandalf_common.asyncapi
 
 bench: dev ## benchmark: direct upstream vs through Gandalf (see bench/README.md)
 	$(BIN)/python bench/run.py

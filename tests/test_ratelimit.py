@@ -5,6 +5,7 @@ per-test key prefix, deleted afterwards."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -570,7 +571,7 @@ async def test_redis_no_lease_below_half_or_for_small_limits(redis_url: str,
         # well below half: both processes see one count, falling by one a request (less the
         # refill, 50 a second, which can repeat a value)
         tail = rem[-1000:]
-        assert all(x >= y for x, y in zip(tail, tail[1:], strict=False))
+        assert all(x >= y for x, y in itertools.pairwise(tail))
         assert tail[0] - tail[-1] >= 900
     finally:
         await a.aclose()
