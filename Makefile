@@ -6,7 +6,7 @@ CONFIG ?= configs/gandalf.yaml
 
 .PHONY: dev run test lint asyncapi bench clean reset-state
 
-$(BIN)/gandalf: requirements-dev.txt libs/common/pyproject.toml services/*/pyproject.toml
+$(BIN)/gandalf: requirements-dev.txt pyproject.toml libs/common/pyproject.toml services/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip >/dev/null
 	$(BIN)/pip install -r requirements-dev.txt

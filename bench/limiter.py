@@ -131,7 +131,7 @@ def main() -> int:
     samples: dict[str, list[tuple[float, float]]] = {}
     try:
         if not redis:
-            from gandalf_common.embedded import EmbeddedRedis
+            from gandalf_app.embedded import EmbeddedRedis
 
             embedded = EmbeddedRedis(workdir / "valkey")
             embedded.start()

@@ -1,7 +1,7 @@
 """Shared test fixtures.
 
 Infrastructure fixtures prefer the machine's own servers (fast, already running) and fall
-back to embedded ones (gandalf_common.embedded) so the suite also runs on a fresh machine.
+back to embedded ones (gandalf_app.embedded) so the suite also runs on a fresh machine.
 Set GANDALF_TEST_FORCE_EMBEDDED=1 to always use the embedded NATS and Postgres.
 
 Fixtures:
@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from gandalf_common.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis
+from gandalf_app.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis
 from gandalf_common.probe import probe_async
 
 #: Admin calls are signed with it (ingress -> admin); every service the tests

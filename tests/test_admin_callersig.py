@@ -114,7 +114,7 @@ def test_gandalf_admin_without_the_secret_is_one_line_and_status_2(tmp_path: Pat
     env = {k: v for k, v in os.environ.items() if k != "GANDALF_BUS_SECRET"}
     config = tmp_path / "g.yaml"
     config.write_text("database: {url: 'postgresql://127.0.0.1:1/none'}\n")
-    done = subprocess.run([sys.executable, "-m", "gandalf_common.cli", "--config", str(config),
+    done = subprocess.run([sys.executable, "-m", "gandalf_app.cli", "--config", str(config),
                            "--nats-url", "nats://127.0.0.1:1", "admin"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr

@@ -16,8 +16,8 @@ from gandalf_admin.bootstrap import BootstrapError
 from gandalf_admin.replicate import decode_entry, desired_state
 from gandalf_admin.store import PgRepos
 from gandalf_admin.store.pg_common import init_connection
+from gandalf_app.embedded import EmbeddedNats
 from gandalf_common.config import GatewayConfig, parse_config
-from gandalf_common.embedded import EmbeddedNats
 from gandalf_common.records import (
     JWT_KEY,
     ORG_PREFIX,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from gandalf_common.cli import _honour_stop_signals
-from gandalf_common.launcher import public_url
+from gandalf_app.cli import _honour_stop_signals
+from gandalf_app.launcher import public_url
 
-GANDALF = [sys.executable, "-m", "gandalf_common.cli"]
+GANDALF = [sys.executable, "-m", "gandalf_app.cli"]
 
 
 def _run(*args: str, timeout: float = 30, env: dict[str, str] | None = None

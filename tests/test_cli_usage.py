@@ -21,7 +21,7 @@ async def test_gandalf_usage_export_through_the_main_cli(fresh_pg_dsn: str) -> N
     finally:
         await conn.close()
     done = subprocess.run(
-        [sys.executable, "-m", "gandalf_common.cli", "usage", "export", "--from",
+        [sys.executable, "-m", "gandalf_app.cli", "usage", "export", "--from",
          "2026-06-01T00:00:00Z", "--to", "2026-06-02T00:00:00+00:00", "--format", "jsonl",
          "--database-url", fresh_pg_dsn], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -44,7 +44,7 @@ async def test_export_into_a_closed_pipe_stops_quietly(fresh_pg_dsn: str) -> Non
     finally:
         await conn.close()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gandalf_common.cli", "usage", "export", "--from",
+        [sys.executable, "-m", "gandalf_app.cli", "usage", "export", "--from",
          "2026-06-01T00:00:00Z", "--to", "2026-06-02T00:00:00Z", "--format", "csv",
          "--database-url", fresh_pg_dsn], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None

@@ -212,7 +212,7 @@ def test_every_gandalf_process_raises_its_open_file_limit() -> None:
     code = ("import resource,sys\n"
             "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
             "resource.setrlimit(resource.RLIMIT_NOFILE, (min(200, hard), hard))\n"
-            "from gandalf_common import cli\n"
+            "from gandalf_app import cli\n"
             "try:\n    cli.main(['version'])\nexcept SystemExit:\n    pass\n"
             "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -14,7 +14,7 @@ import asyncpg
 import nats
 import pytest
 
-from gandalf_common.embedded import (
+from gandalf_app.embedded import (
     NATS_MEMORY_LIMIT,
     PG_SETTINGS,
     AlreadyRunningError,
@@ -168,7 +168,7 @@ def test_state_dir_lock_conflicts_and_releases(tmp_path: Path) -> None:
         script = textwrap.dedent(
             f"""
             from pathlib import Path
-            from gandalf_common.embedded import AlreadyRunningError, StateDirLock
+            from gandalf_app.embedded import AlreadyRunningError, StateDirLock
             try:
                 StateDirLock(Path({str(tmp_path)!r})).acquire()
             except AlreadyRunningError as exc:
@@ -195,7 +195,7 @@ def test_state_dir_lock_freed_when_holder_dies(tmp_path: Path) -> None:
         f"""
         import os, sys
         from pathlib import Path
-        from gandalf_common.embedded import StateDirLock
+        from gandalf_app.embedded import StateDirLock
         StateDirLock(Path({str(tmp_path)!r})).acquire()
         os._exit(0)  # no release(): the kernel must drop the flock
         """

@@ -163,7 +163,7 @@ async def test_revoked_key_refused_by_every_ingress_within_a_second(
                    GANDALF_NATS_URL=managed.nc.connected_url.geturl()
                    if managed.nc.connected_url else "")
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "gandalf_common.cli", "ingress", "--config", str(config),
+            [sys.executable, "-m", "gandalf_app.cli", "ingress", "--config", str(config),
              "--log-level", "warning"], env=env))
     try:
         urls = [f"http://127.0.0.1:{p}/v1" for p in ports]

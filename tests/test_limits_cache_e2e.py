@@ -64,7 +64,7 @@ rate_limits: {{default_rpm: 10, default_tpm: 0, backend: redis}}
 cache: {{enabled: false}}
 """))
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "gandalf_common.cli", "ingress", "--config", str(config),
+            [sys.executable, "-m", "gandalf_app.cli", "ingress", "--config", str(config),
              "--log-level", "warning"], env=dict(os.environ, GANDALF_NATS_URL=nats_url)))
     try:
         urls = [f"http://127.0.0.1:{p}" for p in ports]

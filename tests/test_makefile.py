@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gandalf_common.embedded import StateDirLock
+from gandalf_app.embedded import StateDirLock
 
 ROOT = Path(__file__).resolve().parents[1]
 

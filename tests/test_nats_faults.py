@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from gandalf_common.embedded import EmbeddedNats
+from gandalf_app.embedded import EmbeddedNats
 from gateway_harness import TEST_KEY, start_gateway
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "x"}]}

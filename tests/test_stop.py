@@ -20,7 +20,7 @@ import pytest
 
 from gateway_harness import UPSTREAM_KEY, free_port
 
-GANDALF = [sys.executable, "-m", "gandalf_common.cli"]
+GANDALF = [sys.executable, "-m", "gandalf_app.cli"]
 SHUTDOWN_S = 3.0
 #: The bound: server.shutdown_timeout plus the NATS close (5 s at most) and a margin.
 STOP_BOUND_S = SHUTDOWN_S + 6.0

@@ -18,7 +18,7 @@ import pytest
 
 from gateway_harness import UPSTREAM_KEY, free_port
 
-GANDALF = [sys.executable, "-m", "gandalf_common.cli"]
+GANDALF = [sys.executable, "-m", "gandalf_app.cli"]
 
 
 def _config(tmp: Path, port: int, upstream: str, *, keys: bool = True) -> Path:

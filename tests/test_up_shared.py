@@ -149,7 +149,7 @@ def test_the_embedded_bus_needs_the_gateways_credentials(up2: UpGateway) -> None
     import nats
     from nats.errors import Error as NatsError
 
-    from gandalf_common.statefile import read_runtime
+    from gandalf_app.statefile import read_runtime
 
     runtime = read_runtime(up2.state)
     assert runtime is not None and "@127.0.0.1:" in runtime.nats_url
@@ -177,8 +177,8 @@ def test_a_process_on_the_bus_cannot_claim_to_be_an_admin(up2: UpGateway) -> Non
     ``Caller(auth="admin_key")`` on ``gandalf.admin.http`` gets nothing."""
     import nats
 
+    from gandalf_app.statefile import read_runtime
     from gandalf_common import contract
-    from gandalf_common.statefile import read_runtime
 
     runtime = read_runtime(up2.state)
     assert runtime is not None

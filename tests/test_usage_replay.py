@@ -28,9 +28,9 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 
+from gandalf_app.embedded import EmbeddedNats
 from gandalf_common.bus import connect
 from gandalf_common.contract import USAGE_STREAM, USAGE_SUBJECT, UsageEvent, usage_json_encode
-from gandalf_common.embedded import EmbeddedNats
 from gandalf_common.pg import migrate
 from gandalf_common.usage_stream import ensure_usage_stream
 from gandalf_usage import cli

@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from gandalf_app.embedded import EmbeddedNats, EmbeddedPostgres
 from gandalf_common.bus import connect
 from gandalf_common.contract import (
     SPEND_BUCKET,
@@ -38,7 +39,6 @@ from gandalf_common.contract import (
     encode,
     spend_decoder,
 )
-from gandalf_common.embedded import EmbeddedNats, EmbeddedPostgres
 from gandalf_common.kv import ensure_buckets
 from gandalf_common.periods import period_start
 from gandalf_common.pg import connect_pool, migrate

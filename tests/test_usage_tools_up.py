@@ -21,11 +21,11 @@ import asyncpg
 import openai
 import pytest
 
-from gandalf_common.embedded import EmbeddedPostgres, StateDirLock
-from gandalf_common.statefile import read_runtime
+from gandalf_app.embedded import EmbeddedPostgres, StateDirLock
+from gandalf_app.statefile import read_runtime
 from gateway_harness import UPSTREAM_KEY, free_port
 
-GANDALF = [sys.executable, "-m", "gandalf_common.cli"]
+GANDALF = [sys.executable, "-m", "gandalf_app.cli"]
 
 
 def _config(tmp: Path, port: int, upstream: str) -> Path:

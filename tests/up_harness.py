@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-GANDALF = [sys.executable, "-m", "gandalf_common.cli"]
+GANDALF = [sys.executable, "-m", "gandalf_app.cli"]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

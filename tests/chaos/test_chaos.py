@@ -28,8 +28,8 @@ import asyncpg
 import httpx
 import pytest
 
+from gandalf_app.statefile import read_runtime
 from gandalf_common.liveness import LIVENESS_S
-from gandalf_common.statefile import read_runtime
 from gateway_harness import UPSTREAM_KEY, free_port
 from up_harness import GANDALF, clean_env, start_up, stop_up
 

@@ -7,8 +7,9 @@ the usage tables (see :mod:`.replay` and :mod:`.export`).
 Connections (see :mod:`.servers`): ``--database-url``/``--nats-url``, else
 ``GANDALF_DATABASE_URL``/``GANDALF_NATS_URL``, else ``database.url``/``nats.url``
 of the config (``--config``, default ``configs/gandalf.yaml`` when it exists),
-else those of ``gandalf up``'s state directory (``--data-dir``): its running
-servers, or its embedded ones started for the command.
+else (through the ``gandalf`` command's resolver) those of ``gandalf up``'s
+state directory (``--data-dir``): its running servers, or its embedded ones
+started for the command.
 
 Exit status: 0 done; 1 ``--verify`` found differences; 2 a usage, config or
 connection error (the message says which); 3 ``--verify`` could compare
@@ -45,7 +46,7 @@ from .replay import (
     read_window,
 )
 from .replay import run as run_replay
-from .servers import ServerError, Wanted, resolve
+from .servers import Resolver, ServerError, Wanted, resolve_configured
 from .verify import verify, write_report
 
 DEFAULT_CONFIG = "configs/gandalf.yaml"
@@ -108,7 +109,7 @@ def _config(args: argparse.Namespace) -> GatewayConfig | None:
     return cfg
 
 
-async def _replay(args: argparse.Namespace, out: TextIO) -> int:
+async def _replay(args: argparse.Namespace, out: TextIO, resolve: Resolver) -> int:
     if args.max_latency < 0:
         raise CliError("--max-latency must not be negative")
     window = Window(start=Bound.parse(args.start, "--from"),
@@ -159,7 +160,8 @@ async def _connect_db(dsn: str) -> asyncpg.Connection:
         raise CliError(f"cannot connect to the database: {exc}") from None
 
 
-async def _export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+async def _export(args: argparse.Namespace, out: TextIO, err: TextIO,
+                  resolve: Resolver) -> int:
     since, until = parse_time(args.start, "--from"), parse_time(args.end, "--to")
     if until <= since:
         raise CliError("--to must be after --from")
@@ -181,9 +183,10 @@ async def _export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-async def run(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = None
-              ) -> int:
-    """``gandalf usage`` inside a running event loop; the exit status."""
+async def run(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = None,
+              resolve: Resolver = resolve_configured) -> int:
+    """``gandalf usage`` inside a running event loop; the exit status. ``resolve``
+    finds the servers (the ``gandalf`` command's one knows ``gandalf up``)."""
     out = out or sys.stdout
     err = err or sys.stderr
     try:
@@ -192,8 +195,8 @@ async def run(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None
         return int(exc.code or 0)
     try:
         if args.command == "replay":
-            return await _replay(args, out)
-        return await _export(args, out, err)
+            return await _replay(args, out, resolve)
+        return await _export(args, out, err, resolve)
     except BrokenPipeError:
         # The reader went away (`... | head`): stop quietly, as cat does.
         _silence(out)
@@ -214,13 +217,13 @@ def _silence(out: TextIO) -> None:
     os.close(devnull)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, resolve: Resolver = resolve_configured) -> int:
     """Entry point of ``gandalf usage replay|export``: ``sys.exit(main(argv))``
     with the arguments after ``usage``."""
     # SIGTERM as Ctrl-C: embedded servers started for the command are stopped.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        return asyncio.run(run(sys.argv[1:] if argv is None else argv))
+        return asyncio.run(run(sys.argv[1:] if argv is None else argv, resolve=resolve))
     except KeyboardInterrupt:
         return 130
 

@@ -1,16 +1,12 @@
-"""Where the billing tools find NATS and PostgreSQL.
+"""Where the billing tools find NATS and PostgreSQL: the port, and the part
+any deployment has (flags, environment, config).
 
 For each server they need, the first of: the flag (``--nats-url``,
 ``--database-url``), ``GANDALF_NATS_URL``/``GANDALF_DATABASE_URL``, the
-config (``nats.url``, ``database.url``), then the state directory of
-``gandalf up`` (``--data-dir``, ``GANDALF_DATA_DIR``, ``data_dir`` of the
-config, ``./.gandalf``):
-
-- a running ``gandalf up`` there: the URLs of its ``runtime.json`` (its NATS
-  URL carries the password the embedded server requires);
-- none running but the directory exists: its embedded servers are started
-  for the duration of the command, under the state lock (so ``gandalf up``
-  cannot start on the same data meanwhile), and stopped after.
+config (``nats.url``, ``database.url``). The ``gandalf`` command passes a
+:class:`Resolver` that goes on to ``gandalf up``'s state directory and its
+embedded servers (``gandalf_app.usage_servers``); this package knows nothing
+of them.
 """
 
 from __future__ import annotations
@@ -18,18 +14,11 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
 from gandalf_common.config import GatewayConfig
-from gandalf_common.embedded import (
-    AlreadyRunningError,
-    EmbeddedNats,
-    EmbeddedPostgres,
-    EmbeddedServerError,
-    StateDirLock,
-)
-from gandalf_common.statefile import read_runtime
 
 
 class ServerError(Exception):
@@ -55,104 +44,37 @@ class Servers:
     started: bool = False
 
 
-def state_dir(flag: str | None, cfg: GatewayConfig | None) -> Path:
-    """The state directory as ``gandalf up`` resolves it."""
-    value = (flag or os.environ.get("GANDALF_DATA_DIR") or (cfg.data_dir if cfg else "")
-             or ".gandalf")
-    return Path(value).resolve()
+class Resolver(Protocol):
+    def __call__(self, wanted: Wanted,
+                 cfg: GatewayConfig | None) -> AbstractContextManager[Servers]:
+        """The URLs to use while the ``with`` block runs."""
+        ...
 
 
-def _configured(flag: str | None, env: str, from_config: str) -> str:
-    return flag or os.environ.get(env, "") or from_config
+def configured(wanted: Wanted, cfg: GatewayConfig | None) -> Servers:
+    """What flags, environment and config say (empty where they say nothing)."""
+    out = Servers()
+    if wanted.nats:
+        out.nats_url = (wanted.nats_flag or os.environ.get("GANDALF_NATS_URL", "")
+                        or (cfg.nats.url if cfg else ""))
+    if wanted.database:
+        out.database_url = (wanted.database_flag or os.environ.get("GANDALF_DATABASE_URL", "")
+                            or (cfg.database.url if cfg else ""))
+    return out
 
 
 @contextlib.contextmanager
-def resolve(wanted: Wanted, cfg: GatewayConfig | None) -> Iterator[Servers]:
-    """The URLs to use while the ``with`` block runs (embedded servers
-    started here are stopped when it ends)."""
-    out = Servers()
-    if wanted.nats:
-        out.nats_url = _configured(wanted.nats_flag, "GANDALF_NATS_URL",
-                                   cfg.nats.url if cfg else "")
-    if wanted.database:
-        out.database_url = _configured(wanted.database_flag, "GANDALF_DATABASE_URL",
-                                       cfg.database.url if cfg else "")
-    need_nats = wanted.nats and not out.nats_url
-    need_db = wanted.database and not out.database_url
-    if not (need_nats or need_db):
-        yield out
-        return
-    state = state_dir(wanted.data_dir_flag, cfg)
-    what = "database" if need_db else "NATS server"
-    if not state.is_dir():
-        raise ServerError(_nothing(what, f"no gandalf up state directory at {state}"))
-    runtime = read_runtime(state)
-    if runtime is not None:
-        _take(out, need_nats, need_db, runtime.nats_url, runtime.database_url, state)
-        yield out
-        return
-    lock = StateDirLock(state)
-    try:
-        lock.acquire()
-    except AlreadyRunningError:
-        # gandalf up starting there (runtime.json comes later), or another
-        # billing command that started its servers.
-        raise ServerError(f"state directory {state} is in use (gandalf up starting, or "
-                          "another billing command); try again in a moment") from None
-    nats_server: EmbeddedNats | None = None
-    pg: EmbeddedPostgres | None = None
-    try:
-        nats_url = db_url = ""
-        try:
-            if need_nats:
-                nats_server, nats_url = _start_nats(state, what)
-            if need_db:
-                pg, db_url = _start_postgres(state, what)
-        except (EmbeddedServerError, OSError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ServerError(f"cannot start the embedded servers of {state}: {first}"
-                              ) from None
-        _take(out, need_nats, need_db, nats_url, db_url, state)
-        out.started = True
-        yield out
-    finally:
-        if pg is not None:
-            pg.stop()
-        if nats_server is not None:
-            nats_server.stop()
-        lock.release()
+def resolve_configured(wanted: Wanted, cfg: GatewayConfig | None) -> Iterator[Servers]:
+    """The resolver of a deployment without ``gandalf up``: configured servers only."""
+    out = configured(wanted, cfg)
+    if wanted.database and not out.database_url:
+        raise ServerError(nothing("database", "none configured"))
+    if wanted.nats and not out.nats_url:
+        raise ServerError(nothing("NATS server", "none configured"))
+    yield out
 
 
-def _start_nats(state: Path, what: str) -> tuple[EmbeddedNats, str]:
-    if not (state / "nats").is_dir():
-        raise ServerError(_nothing(what, f"{state} holds no embedded NATS store"))
-    password_file = state / "nats-password"
-    password = password_file.read_text().strip() if password_file.exists() else ""
-    # die_with_parent: killed with us, it cannot outlive the command.
-    server = EmbeddedNats(state, die_with_parent=True, password=password)
-    return server, server.start()
-
-
-def _start_postgres(state: Path, what: str) -> tuple[EmbeddedPostgres, str]:
-    if not (state / "pg").is_dir():
-        raise ServerError(_nothing(what, f"{state} holds no embedded PostgreSQL"))
-    pg = EmbeddedPostgres(state)
-    return pg, pg.start()
-
-
-def _take(out: Servers, need_nats: bool, need_db: bool, nats_url: str, db_url: str,
-          state: Path) -> None:
-    if need_nats:
-        if not nats_url:
-            raise ServerError(_nothing("NATS server", f"gandalf up in {state} has none"))
-        out.nats_url = nats_url
-    if need_db:
-        if not db_url:
-            raise ServerError(_nothing("database", f"gandalf up in {state} has none"))
-        out.database_url = db_url
-
-
-def _nothing(what: str, why: str) -> str:
+def nothing(what: str, why: str) -> str:
     if what == "database":
         how = "pass --database-url, set GANDALF_DATABASE_URL or database.url in the config"
     else:

@@ -28,12 +28,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .callersig import BUS_SECRET_ENV
-from .config import GatewayConfig
+from gandalf_common.callersig import BUS_SECRET_ENV
+from gandalf_common.config import GatewayConfig
+from gandalf_common.startup import StartupError
+
 from .embedded import AlreadyRunningError, StateDirLock
 from .lifeline import PARENT_ENV
 from .servers import EmbeddedServers, secret_file
-from .startup import StartupError
 from .statefile import clear_runtime, write_runtime
 
 
@@ -44,7 +45,7 @@ def _say(message: str) -> None:
 def _encryption_key(state: Path) -> str:
     """GANDALF_ENCRYPTION_KEY, or one generated on first start and kept (0600)
     in the state directory: provider secrets are sealed with it."""
-    from .crypto import ENV_KEY, generate_key, parse_key
+    from gandalf_common.crypto import ENV_KEY, generate_key, parse_key
 
     key = os.environ.get(ENV_KEY, "")
     if key:
@@ -161,7 +162,7 @@ def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
     ready = False
     try:
         digest = _admin_key(cfg, state)
-        from .listen import bind_socket
+        from gandalf_common.listen import bind_socket
 
         # First: a taken port should not cost a PostgreSQL start to learn.
         try:
@@ -184,7 +185,7 @@ def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
             raise SystemExit("gandalf: stopped before the gateway was ready")
         write_runtime(state, nats_url=nats_url, database_url=db_url)
 
-        from .crypto import ENV_KEY
+        from gandalf_common.crypto import ENV_KEY
 
         # Managed: the admin service owns the configuration and replicates it.
         env = dict(os.environ, GANDALF_NATS_URL=nats_url, GANDALF_MANAGED="1")
@@ -196,7 +197,7 @@ def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
             env["GANDALF_REDIS_URL"] = redis_url
         if digest:
             env["GANDALF_ADMIN_KEY_SHA256"] = digest
-        base = [sys.executable, "-m", "gandalf_common.cli", "node",
+        base = [sys.executable, "-m", "gandalf_app.cli", "node",
                 "--config", str(Path(getattr(args, "config", None) or "configs/gandalf.yaml")),
                 "--fd", str(sock.fileno()),
                 "--log-level", getattr(args, "log_level", None) or "info"]

@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gandalf_common.startup import StartupError
+
 from .embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
 from .lifeline import PgWatchdog
-from .startup import StartupError
 
 __all__ = ["EmbeddedServers"]
 

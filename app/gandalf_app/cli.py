@@ -14,17 +14,16 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import msgspec
 
-from . import __version__
-from .callersig import BUS_SECRET_ENV, load_bus_secret
-from .config import ConfigError, GatewayConfig, load_config
-from .crypto import SecretError
-from .startup import NotReadyError, StartupError
+from gandalf_common import __version__, servicemain
+from gandalf_common.callersig import BUS_SECRET_ENV, load_bus_secret
+from gandalf_common.config import ConfigError, GatewayConfig
+from gandalf_common.crypto import SecretError
+from gandalf_common.startup import NotReadyError, StartupError
 
-DEFAULT_CONFIG = "configs/gandalf.yaml"
+DEFAULT_CONFIG = servicemain.DEFAULT_CONFIG
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,22 +88,11 @@ def _normalize(argv: list[str]) -> list[str]:
 
 
 def load(args: argparse.Namespace) -> GatewayConfig:
-    path = getattr(args, "config", None) or DEFAULT_CONFIG
-    try:
-        cfg, warnings = load_config(path)
-    except FileNotFoundError:
-        _fail(f"config file not found: {path}")
-    except ConfigError as exc:
-        _fail(f"invalid config: {exc}")
-    for warning in warnings:
-        print(f"gandalf: warning: {warning}", file=sys.stderr)
-    return cfg
+    return servicemain.load(getattr(args, "config", None))
 
 
-def _fail(message: str, status: int = 2) -> NoReturn:
-    """A configuration or startup problem: one line on stderr, status 2."""
-    print(f"gandalf: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(status)
+_fail = servicemain.fail
+admin_key_sha256 = servicemain.admin_key_sha256
 
 
 def data_dir(args: argparse.Namespace, cfg: GatewayConfig) -> Path:
@@ -114,35 +102,21 @@ def data_dir(args: argparse.Namespace, cfg: GatewayConfig) -> Path:
 
 
 def nats_url(args: argparse.Namespace, cfg: GatewayConfig) -> str:
-    url = getattr(args, "nats_url", None) or os.environ.get("GANDALF_NATS_URL") or cfg.nats.url
-    if not url:
-        _fail("nats.url is not set (or pass --nats-url); "
-              "`gandalf up` starts an embedded NATS for you")
-    return url
-
-
-def admin_key_sha256(cfg: GatewayConfig) -> str:
-    """The bootstrap admin key, as a hash: from GANDALF_ADMIN_KEY or a hash
-    handed down by ``gandalf up`` (which may have generated the key)."""
-    import hashlib
-
-    digest = os.environ.get("GANDALF_ADMIN_KEY_SHA256", "")
-    if digest:
-        return digest
-    key = os.environ.get("GANDALF_ADMIN_KEY", "") or cfg.auth.admin_key
-    if not key:
-        return ""
-    if not key.startswith("gnd_"):
-        _fail("GANDALF_ADMIN_KEY must start with gnd_")
-    return hashlib.sha256(key.encode()).hexdigest()
+    return servicemain.nats_url(getattr(args, "nats_url", None), cfg)
 
 
 def _run_node(args: argparse.Namespace, cfg: GatewayConfig, *, ingress: bool, router: bool,
               workers: bool, aux: bool, providers: list[str] | None = None) -> None:
-    from .runtime import BusService, HttpService, configure_logging, install_uvloop, run_services
+    from gandalf_common.runtime import (
+        BusService,
+        HttpService,
+        configure_logging,
+        install_uvloop,
+        run_services,
+    )
 
     configure_logging(getattr(args, "log_level", None) or "info")
-    from .live import LiveConfig, LiveService
+    from gandalf_common.live import LiveConfig, LiveService
 
     url = nats_url(args, cfg)
     if aux and ingress and not os.environ.get(BUS_SECRET_ENV):
@@ -183,7 +157,7 @@ def _run_node(args: argparse.Namespace, cfg: GatewayConfig, *, ingress: bool, ro
         else:
             # Bound here, before anything starts: a taken port is a startup
             # error of one line, not a server that connects and then dies.
-            from .listen import bind_socket
+            from gandalf_common.listen import bind_socket
 
             try:
                 sock = bind_socket(cfg.server.addr)
@@ -207,7 +181,7 @@ def _honour_stop_signals() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     _honour_stop_signals()
-    from .fdlimit import raise_nofile_limit
+    from gandalf_common.fdlimit import raise_nofile_limit
 
     raise_nofile_limit()
     raw = _normalize(sys.argv[1:] if argv is None else argv)
@@ -215,7 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     if tool is not None:
         from gandalf_usage.cli import main as usage_main
 
-        raise SystemExit(usage_main(tool))
+        from .usage_servers import resolve
+
+        raise SystemExit(usage_main(tool, resolve=resolve))
     args = _parser().parse_args(raw)
     if args.command == "version":
         print(f"gandalf {__version__}")
@@ -224,11 +200,6 @@ def main(argv: list[str] | None = None) -> None:
     addr = getattr(args, "addr", None)
     if addr:
         cfg = msgspec.structs.replace(cfg, server=msgspec.structs.replace(cfg.server, addr=addr))
-    redis = os.environ.get("GANDALF_REDIS_URL", "")
-    if redis and not cfg.redis.url:
-        # As GANDALF_NATS_URL does for NATS; `gandalf up` hands its embedded
-        # Valkey to its processes this way.
-        cfg = msgspec.structs.replace(cfg, redis=msgspec.structs.replace(cfg.redis, url=redis))
     try:
         _dispatch(args, cfg)
     except NotReadyError as exc:
@@ -303,7 +274,7 @@ def _usage_tool(argv: list[str]) -> list[str] | None:
 
 
 def _run_single(args: argparse.Namespace, cfg: GatewayConfig, service: object) -> None:
-    from .runtime import configure_logging, install_uvloop, run_services
+    from gandalf_common.runtime import configure_logging, install_uvloop, run_services
 
     configure_logging(getattr(args, "log_level", None) or "info")
     install_uvloop()(run_services(nats_url(args, cfg), f"gandalf-{args.command}",
