@@ -171,6 +171,9 @@ class RouterService:
             return
         kind = req.native.kind if req.native is not None else ""
         able = table.able(targets, req.op, kind)
+        if req.native is not None and req.native.pin:
+            # A stored response is on the instance that created it, only.
+            able = [t for t in able if t.provider == req.native.pin]
         if targets and not able:
             what = f"the {kind} API" if kind else f"the {req.op} operation"
             await nc.publish(reply_to, encode(ErrorReply(

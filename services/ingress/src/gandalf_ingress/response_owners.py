@@ -1,0 +1,77 @@
+"""Owners of stored Responses API responses, in a NATS KV bucket.
+
+Why KV and not PostgreSQL: the ingress already holds a NATS connection (and
+no database connection), a lookup is by one key, and the bucket's TTL
+expires entries as OpenAI expires the responses themselves. A response is
+visible only to the org that created it (to the key itself when the key has
+no org); anyone else gets the 404 an unknown id gets.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from gandalf_common.contract import RESPONSES_BUCKET, RESPONSES_TTL, ResponseOwner
+from gandalf_common.errors import BadRequestError, GatewayError
+
+from .auth import Identity
+
+#: What a response id may look like (also a valid KV key).
+_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_decode = msgspec.json.Decoder(ResponseOwner).decode
+
+
+def check_id(value: str, param: str = "response_id") -> str:
+    if not _ID.fullmatch(value):
+        raise BadRequestError(f"invalid {param}", param=param, code="invalid_value")
+    return value
+
+
+def not_found(response_id: str) -> GatewayError:
+    return GatewayError(f"Response with id '{response_id}' not found.", status=404,
+                        type="invalid_request_error", code="not_found")
+
+
+class ResponseOwners:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, nc: NATS) -> ResponseOwners:
+        js = nc.jetstream()
+        try:
+            kv = await js.key_value(RESPONSES_BUCKET)
+        except BucketNotFoundError:
+            kv = await js.create_key_value(bucket=RESPONSES_BUCKET, history=1,
+                                           ttl=RESPONSES_TTL)
+        return cls(kv)
+
+    async def put(self, response_id: str, owner: ResponseOwner) -> None:
+        if _ID.fullmatch(response_id):
+            await self.kv.put(response_id, msgspec.json.encode(owner))
+
+    async def owned(self, response_id: str, identity: Identity) -> ResponseOwner:
+        """The owner record if this caller's org created it; 404 otherwise."""
+        try:
+            entry = await self.kv.get(check_id(response_id))
+        except KeyNotFoundError:
+            raise not_found(response_id) from None
+        if entry.value is None:
+            raise not_found(response_id)
+        try:
+            owner = _decode(entry.value)
+        except msgspec.DecodeError:
+            raise not_found(response_id) from None
+        mine = (owner.org_id == identity.org_id) if owner.org_id else (
+            owner.key_id == identity.key_id)
+        if not mine:
+            raise not_found(response_id)
+        return owner
+
+    async def forget(self, response_id: str) -> None:
+        await self.kv.delete(response_id)
