@@ -99,7 +99,8 @@ class ResponsesRoutes:
         items = self._input_items(body["input"])
         response = self._answer(body, model, history + items)
         if body.get("store", True):
-            self._stored[response["id"]] = {"response": response, "input": history + items}
+            self._stored[response["id"]] = {"response": response, "input": history + items,
+                                            "background": bool(body.get("background"))}
         if stream:
             return await self._responses_stream(request, fault, response)
         return web.json_response(response)
@@ -235,7 +236,11 @@ class ResponsesRoutes:
         denied = self._responses_denied(request)
         if denied is not None:
             return denied
-        if rid not in self._stored:
+        stored = self._stored.get(rid)
+        if stored is None:
             return self._missing(rid)
+        if stored["background"]:
+            stored["response"]["status"] = "cancelled"
+            return web.json_response(stored["response"])
         return self._bad_request(  # type: ignore[attr-defined,no-any-return]
             "Only responses created with background=true can be cancelled.")
