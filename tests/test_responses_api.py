@@ -191,3 +191,28 @@ async def test_azure_target_is_forwarded(gateway: Any, upstream: Any) -> None:
     assert first.path == "/openai/responses" and first.query["api-version"]
     assert first.headers["api-key"] == UPSTREAM_KEY
     assert second.method == "GET" and second.path == f"/openai/responses/{response.id}"
+
+
+async def test_failover_before_the_first_byte_binds_the_response_there(
+        gateway: Any, upstream: Any) -> None:
+    """primary answers 500, secondary creates the response: the owner record
+    names secondary, and a conversation on a route without it is refused."""
+    import msgspec
+
+    from gandalf_common.contract import RESPONSES_BUCKET, ResponseOwner
+
+    api = client(gateway)
+    created = await api.responses.create(model="failover-500", input="who made me")
+    assert created.output_text.endswith("who made me")
+    assert [r.status for r in calls(upstream)] == [500, 200]
+    kv = await gateway.nc.jetstream().key_value(RESPONSES_BUCKET)
+    owner = msgspec.json.decode((await kv.get(created.id)).value, type=ResponseOwner)
+    assert (owner.provider, owner.model, owner.org_id) == ("secondary", "failover-500",
+                                                           "default")
+    got = await api.responses.retrieve(created.id)
+    assert got.id == created.id
+    with pytest.raises(openai.BadRequestError):  # "m" is served by primary only
+        await api.responses.create(model="m", input="next", previous_response_id=created.id)
+    with pytest.raises(openai.BadRequestError):
+        await api.responses.create(model="azure-gpt", input="next",
+                                   previous_response_id=created.id)
