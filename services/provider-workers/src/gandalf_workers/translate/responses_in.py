@@ -66,7 +66,9 @@ def responses_to_chat(data: dict[str, Any], *, provider_type: str,
     if truncation not in (None, "disabled"):
         raise _bad("truncation", f"{truncation!r} is not supported on {provider_type} targets")
     reasoning = data.get("reasoning")
-    if isinstance(reasoning, dict) and reasoning.get("effort") is not None:
+    if reasoning is not None and not isinstance(reasoning, dict):
+        raise _bad("reasoning", "must be an object")
+    if reasoning and reasoning.get("effort") is not None:
         if not reasoning_ok:
             raise _bad("reasoning", f"no equivalent on {provider_type} targets")
         out["reasoning_effort"] = reasoning["effort"]
@@ -123,7 +125,8 @@ def _string(item: dict[str, Any], name: str, where: str) -> str:
 
 
 def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
-    role = _ROLES.get(item.get("role"))  # type: ignore[arg-type]
+    raw_role = item.get("role")
+    role = _ROLES.get(raw_role) if isinstance(raw_role, str) else None
     if role is None:
         raise _bad(f"{where}.role", f"unknown role {item.get('role')!r}")
     content = item.get("content")

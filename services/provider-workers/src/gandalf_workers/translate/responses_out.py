@@ -95,7 +95,10 @@ def chat_to_response(body: bytes, request: dict[str, Any], alias: str,
     output: list[dict[str, Any]] = []
     if isinstance(message.get("content"), str) and message["content"]:
         output.append(_message_item(message["content"]))
-    for call in message.get("tool_calls") or []:
+    tool_calls = message.get("tool_calls") or []
+    if not isinstance(tool_calls, list):
+        raise ValueError("bad tool calls")
+    for call in tool_calls:
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
             raise ValueError("bad tool call")
@@ -139,13 +142,20 @@ class ResponsesStreamEncoder:
         if not isinstance(data, dict):
             raise ValueError("chunk is not an object")
         out = self._start()
-        for choice in data.get("choices") or []:
-            if not isinstance(choice, dict):
+        choices = data.get("choices") or []
+        if not isinstance(choices, list):
+            raise ValueError("bad choices")
+        for choice in choices:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            delta = delta or {}
+            if not isinstance(choice, dict) or not isinstance(delta, dict):
                 raise ValueError("bad choice")
-            delta = choice.get("delta") or {}
             if isinstance(delta.get("content"), str) and delta["content"]:
                 out += self._text_delta(delta["content"])
-            for call in delta.get("tool_calls") or []:
+            calls = delta.get("tool_calls") or []
+            if not isinstance(calls, list):
+                raise ValueError("bad tool calls")
+            for call in calls:
                 out += self._call_delta(call)
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
@@ -189,6 +199,8 @@ class ResponsesStreamEncoder:
             raise ValueError("bad tool call delta")
         index = call.get("index", 0)
         function = call.get("function") or {}
+        if not isinstance(index, int) or not isinstance(function, dict):
+            raise ValueError("bad tool call delta")
         out = b""
         item = self.calls.get(index)
         if item is None:
