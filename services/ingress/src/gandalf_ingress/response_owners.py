@@ -13,6 +13,7 @@ import re
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
@@ -61,6 +62,9 @@ class ResponseOwners:
             entry = await self.kv.get(check_id(response_id))
         except KeyNotFoundError:
             raise not_found(response_id) from None
+        except (NatsError, TimeoutError) as exc:
+            raise GatewayError("response owners are unavailable", status=503,
+                               code="owners_unavailable") from exc
         if entry.value is None:
             raise not_found(response_id)
         try:

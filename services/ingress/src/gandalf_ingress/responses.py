@@ -12,11 +12,13 @@ naming it go to that instance only.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+from nats.errors import Error as NatsError
 
 from gandalf_common import contract
 from gandalf_common.contract import NativeCall, ResponseOwner, RouteRequest
@@ -30,6 +32,8 @@ from .pipeline import Ticket
 from .relay import NativeRelay, Receive, Send
 from .response_owners import ResponseOwners, check_id
 from .usage import Outcome
+
+log = logging.getLogger("gandalf.ingress")
 
 #: Input items one request may carry (the translators check it too).
 MAX_INPUT_ITEMS = 2048
@@ -78,10 +82,16 @@ class ResponsesEndpoint(NativeEndpoint):
             return None
 
         async def record(outcome: Outcome) -> None:
-            if outcome.ref and outcome.provider:
+            if not (outcome.ref and outcome.provider):
+                return
+            try:
                 await owners.put(outcome.ref, ResponseOwner(
                     org_id=identity.org_id, key_id=identity.key_id,
                     provider=outcome.provider, model=ticket.model))
+            except (NatsError, TimeoutError) as exc:
+                # The answer stands; only its later retrieval will 404.
+                log.warning("response owner not recorded (%s): %s", type(exc).__name__,
+                            outcome.ref)
 
         return record
 
