@@ -154,7 +154,7 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
             gateway.relay = Relay(conn, inbox, keepalive=cfg.server.stream_keepalive or 15.0,
                                   idle_timeout=cfg.server.stream_idle_timeout or 300.0)
             gateway.bodies = BodyStore(conn)
-            gateway.responses = await ResponseOwners.open(conn)
+            gateway.responses = ResponseOwners(conn)
             readiness.nc = conn
             openapi.nc = conn
             app.state.readiness = readiness

@@ -9,6 +9,7 @@ no org); anyone else gets the 404 an unknown id gets.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import msgspec
@@ -39,27 +40,35 @@ def not_found(response_id: str) -> GatewayError:
 
 
 class ResponseOwners:
-    def __init__(self, kv: KeyValue) -> None:
-        self.kv = kv
+    """The bucket is opened (or created) on first use, as the body store is:
+    an ingress starts whether or not JetStream answers yet."""
 
-    @classmethod
-    async def open(cls, nc: NATS) -> ResponseOwners:
-        js = nc.jetstream()
-        try:
-            kv = await js.key_value(RESPONSES_BUCKET)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(bucket=RESPONSES_BUCKET, history=1,
-                                           ttl=RESPONSES_TTL)
-        return cls(kv)
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self._kv: KeyValue | None = None
+        self._lock = asyncio.Lock()
+
+    async def _bucket(self) -> KeyValue:
+        if self._kv is not None:
+            return self._kv
+        async with self._lock:
+            if self._kv is None:
+                js = self.nc.jetstream()
+                try:
+                    self._kv = await js.key_value(RESPONSES_BUCKET)
+                except BucketNotFoundError:
+                    self._kv = await js.create_key_value(bucket=RESPONSES_BUCKET, history=1,
+                                                         ttl=RESPONSES_TTL)
+            return self._kv
 
     async def put(self, response_id: str, owner: ResponseOwner) -> None:
         if _ID.fullmatch(response_id):
-            await self.kv.put(response_id, msgspec.json.encode(owner))
+            await (await self._bucket()).put(response_id, msgspec.json.encode(owner))
 
     async def owned(self, response_id: str, identity: Identity) -> ResponseOwner:
         """The owner record if this caller's org created it; 404 otherwise."""
         try:
-            entry = await self.kv.get(check_id(response_id))
+            entry = await (await self._bucket()).get(check_id(response_id))
         except KeyNotFoundError:
             raise not_found(response_id) from None
         except (NatsError, TimeoutError) as exc:
@@ -78,4 +87,8 @@ class ResponseOwners:
         return owner
 
     async def forget(self, response_id: str) -> None:
-        await self.kv.delete(response_id)
+        """Best effort: a record left behind only leads to the upstream's 404."""
+        try:
+            await (await self._bucket()).delete(response_id)
+        except (NatsError, TimeoutError):
+            pass
