@@ -33,7 +33,7 @@ def calls(upstream: Any) -> list[Any]:
     return [r for r in upstream.requests if r.path != "/oauth2/token"]
 
 
-@pytest.mark.parametrize("alias", list(TARGETS))
+@pytest.mark.parametrize("alias", [*TARGETS, "llama"])
 async def test_plain(gateway: Any, upstream: Any, alias: str) -> None:
     response = await client(gateway).responses.create(
         model=alias, input="hello there", instructions="be brief", max_output_tokens=64)
@@ -47,12 +47,14 @@ async def test_plain(gateway: Any, upstream: Any, alias: str) -> None:
         assert record.body == {"model": "ok", "input": "hello there",
                                "instructions": "be brief", "max_output_tokens": 64}
         assert record.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    elif alias == "llama":
+        assert record.path == "/api/chat"
     else:
         assert record.path.startswith(TARGETS[alias].rsplit(":", 1)[0])
     assert TEST_KEY not in str(record.headers)
 
 
-@pytest.mark.parametrize("alias", list(TARGETS))
+@pytest.mark.parametrize("alias", [*TARGETS, "llama"])
 async def test_streaming(gateway: Any, upstream: Any, alias: str) -> None:
     events = []
     async with client(gateway).responses.stream(model=alias, input="stream this") as stream:
