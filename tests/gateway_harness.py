@@ -25,6 +25,8 @@ TEST_KEY = "gnd_test_admin_key"
 VIEWER_KEY = "gnd_test_viewer_key"
 LIMITED_KEY = "gnd_test_limited_key"
 UPSTREAM_KEY = "sk-upstream-secret"
+#: A key of another org (stored Responses API responses are per org).
+OTHER_ORG_KEY = "gnd_test_other_org_key"
 
 
 #: Providers with a worker in the test gateway ("ghost" has none on purpose).
@@ -231,6 +233,10 @@ keys:
     key: {LIMITED_KEY}
     role: member
     allowed_models: ["m", "failover-*"]
+  - name: other-org
+    key: {OTHER_ORG_KEY}
+    role: member
+    org_id: other
 """
 
 

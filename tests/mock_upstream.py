@@ -81,10 +81,11 @@ from mock_faults import Fault, FaultRule, RequestRecord, _ClientGone, parse_mode
 from mock_gemini import GeminiRoutes
 from mock_ollama import OllamaRoutes
 from mock_openai import _CLOSED_KEY, _RECORD_KEY, OpenAIRoutes
+from mock_responses import ResponsesRoutes
 
 _POLL_INTERVAL = 0.01  # seconds between transport-liveness polls
 #: Paths of the OpenAI wire format: they take ``Authorization: Bearer <api_key>``.
-_OPENAI_PATHS = ("/v1/chat/", "/v1/embeddings", "/v1/models")
+_OPENAI_PATHS = ("/v1/chat/", "/v1/embeddings", "/v1/models", "/v1/responses")
 
 
 
@@ -93,7 +94,8 @@ _OPENAI_PATHS = ("/v1/chat/", "/v1/embeddings", "/v1/models")
 # -------------------------------------------------------------------------- server
 
 
-class MockUpstream(OpenAIRoutes, AnthropicRoutes, GeminiRoutes, OllamaRoutes, CloudRoutes):
+class MockUpstream(OpenAIRoutes, ResponsesRoutes, AnthropicRoutes, GeminiRoutes, OllamaRoutes,
+                   CloudRoutes):
     """Mock OpenAI API server running in a background thread with its own event loop.
 
     ``MockUpstream(host="127.0.0.1", port=0, api_key=None)``; ``port=0`` picks a free port.
@@ -213,6 +215,7 @@ class MockUpstream(OpenAIRoutes, AnthropicRoutes, GeminiRoutes, OllamaRoutes, Cl
         self._add_gemini_routes(app)
         self._add_ollama_routes(app)
         self._add_cloud_routes(app)
+        self._add_responses_routes(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -12,7 +12,7 @@ import pytest
 
 from gandalf_common.config import parse_config
 from gandalf_ingress.app import create_app
-from gateway_harness import free_port, gateway_yaml, pipeline
+from gateway_harness import TEST_KEY, free_port, gateway_yaml, pipeline
 
 #: Routes without the pipeline, on purpose: probes, metrics, and the admin
 #: API (its own authentication and authorization).
@@ -47,6 +47,16 @@ SAMPLES: dict[tuple[str, str], list[tuple[str, dict[str, str], str, Any]]] = {
         ("/openai/deployments/azure-gpt/chat/completions", AZ, "azure", CHAT)],
     ("/openai/deployments/{deployment}/embeddings", "POST"): [
         ("/openai/deployments/azure-gpt/embeddings", AZ, "azure", {"input": "hi"})],
+    ("/v1/responses", "POST"): [("/v1/responses", {}, "openai", {"model": "m", "input": "hi"}),
+                                ("/v1/responses", {}, "openai",
+                                 {"model": "claude", "input": "hi"})],
+    # ``{rid}``: a response stored just before each request (see ``_stored``).
+    ("/v1/responses/{response_id}", "GET"): [("/v1/responses/{rid}", {}, "openai", None)],
+    ("/v1/responses/{response_id}", "DELETE"): [("/v1/responses/{rid}", {}, "openai", None)],
+    ("/v1/responses/{response_id}/input_items", "GET"): [
+        ("/v1/responses/{rid}/input_items", {}, "openai", None)],
+    ("/v1/responses/{response_id}/cancel", "POST"): [
+        ("/v1/responses/{rid}/cancel", {}, "openai", None)],
     ("/api/tags", "GET"): [("/api/tags", {}, "ollama", None)],
     ("/api/{action}", "POST"): [
         ("/api/chat", {}, "ollama", {"model": "llama", "stream": False,
@@ -85,6 +95,17 @@ def test_every_public_route_has_a_sample() -> None:
     assert public == set(SAMPLES)
 
 
+async def _stored(gateway: Any) -> str:
+    """A background response stored by the org of the test keys, through
+    the session gateway (same bus, same owner bucket; no rate limits)."""
+    async with httpx.AsyncClient(timeout=15) as http:
+        r = await http.post(gateway.url + "/v1/responses", json={
+            "model": "m", "input": "keep", "background": True},
+            headers={"authorization": f"Bearer {TEST_KEY}"})
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"])
+
+
 def rate_error_ok(family: str, body: Any) -> bool:
     """The refusal is in the door's own error shape."""
     if family == "anthropic":
@@ -106,7 +127,9 @@ async def test_every_public_route_enforces_rpm(gateway: Any, upstream: Any,
         for i, ((route, method), (path, query, family, body)) in enumerate(CASES):
             statuses, refusals = [], []
             for _ in range(5):
-                r = await http.request(method, path, params=query, json=body,
+                target = path.replace("{rid}", await _stored(gateway)) \
+                    if "{rid}" in path else path
+                r = await http.request(method, target, params=query, json=body,
                                        headers=key_headers(family, KEYS[i]))
                 statuses.append(r.status_code)
                 if r.status_code == 429:

@@ -89,16 +89,23 @@ KIND_ANTHROPIC: Final = "anthropic"
 KIND_GEMINI: Final = "gemini"
 KIND_AZURE: Final = "azure"  # OpenAI bodies on Azure-style deployment paths
 KIND_OLLAMA: Final = "ollama"
+#: OpenAI's Responses API (``/v1/responses``): forwarded to OpenAI-type
+#: targets, translated to chat for every other type.
+KIND_RESPONSES: Final = "responses"
 
 #: Which native kinds a provider type forwards unchanged. Anthropic Messages
 #: aimed at any other type is translated by the worker (Messages -> OpenAI ->
 #: target), so every type can serve ``KIND_ANTHROPIC``.
 NATIVE_KINDS: Final[dict[str, frozenset[str]]] = {
-    "openai": frozenset({KIND_AZURE, KIND_ANTHROPIC}),
-    "anthropic": frozenset({KIND_ANTHROPIC}),
-    "gemini": frozenset({KIND_GEMINI, KIND_ANTHROPIC}),
-    "ollama": frozenset({KIND_OLLAMA, KIND_AZURE, KIND_ANTHROPIC}),
+    "openai": frozenset({KIND_AZURE, KIND_ANTHROPIC, KIND_RESPONSES}),
+    "anthropic": frozenset({KIND_ANTHROPIC, KIND_RESPONSES}),
+    "gemini": frozenset({KIND_GEMINI, KIND_ANTHROPIC, KIND_RESPONSES}),
+    "ollama": frozenset({KIND_OLLAMA, KIND_AZURE, KIND_ANTHROPIC, KIND_RESPONSES}),
 }
+
+#: Responses API actions on a stored response: only the OpenAI type keeps
+#: responses, so these go to the instance that created the response.
+RESPONSES_STORED_ACTIONS: Final = frozenset({"retrieve", "delete", "input_items", "cancel"})
 
 #: Universal operations per provider type; the router skips a target that
 #: cannot do the op (a clear 400 when none can), never a breaker failure.
@@ -214,6 +221,11 @@ class NativeCall(Struct, frozen=True, kw_only=True, omit_defaults=True):
     query: str = ""
     #: Client headers worth forwarding (``anthropic-beta``, ``anthropic-version``).
     headers: list[tuple[str, str]] = []
+    #: Responses API: the stored response an action is about (``resp_...``).
+    ref: str = ""
+    #: Only this provider instance may serve the call (a stored response
+    #: lives on the instance that created it).
+    pin: str = ""
 
 
 class RouteRequest(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -327,6 +339,9 @@ class End(Struct, frozen=True, kw_only=True, tag_field="t", tag="end"):
     usage: Usage | None = None
     provider: str = ""
     model: str = ""
+    #: The id of what the upstream stored (a Responses API ``resp_...``), so
+    #: the ingress can bind it to its owner and this instance.
+    ref: str = ""
 
 
 class Complete(Struct, frozen=True, kw_only=True, tag_field="t", tag="complete"):
@@ -511,3 +526,22 @@ cache_purge_decoder = msgspec.msgpack.Decoder(CachePurge)
 usage_json_encode = msgspec.json.Encoder().encode
 usage_json_decoder = msgspec.json.Decoder(UsageEvent)
 spend_decoder = msgspec.msgpack.Decoder(Spend)
+
+
+# --- Responses API: who created a stored response -------------------------
+
+#: NATS KV bucket: response id -> :class:`ResponseOwner`. Written by the
+#: ingress when an OpenAI-type target created a response; entries expire
+#: with :data:`RESPONSES_TTL` (OpenAI keeps stored responses 30 days).
+RESPONSES_BUCKET: Final = "gandalf_responses"
+RESPONSES_TTL: Final = 30 * 24 * 3600.0
+
+
+class ResponseOwner(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The org and key that created a stored response, and where it lives."""
+
+    org_id: str = ""
+    key_id: str = ""
+    #: The provider instance that stores it, and the alias it was created with.
+    provider: str
+    model: str

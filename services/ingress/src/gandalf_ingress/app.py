@@ -36,6 +36,8 @@ from .native import NativeEndpoint, NativeModelsEndpoint
 from .openapi import OpenApiEndpoint
 from .protocol import EdgeLimits, protocol_class
 from .relay import Relay
+from .response_owners import ResponseOwners
+from .responses import responses_routes
 from .semantic import SemanticCache
 from .usage import UsagePublisher, UsageRecorder
 
@@ -152,6 +154,7 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
             gateway.relay = Relay(conn, inbox, keepalive=cfg.server.stream_keepalive or 15.0,
                                   idle_timeout=cfg.server.stream_idle_timeout or 300.0)
             gateway.bodies = BodyStore(conn)
+            gateway.responses = ResponseOwners(conn)
             readiness.nc = conn
             openapi.nc = conn
             app.state.readiness = readiness
@@ -182,6 +185,7 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        *responses_routes(gateway),
         # Native provider APIs, through the same pipeline.
         Route("/v1/messages", anthropic, methods=["POST"]),
         Route("/v1/messages/count_tokens", anthropic, methods=["POST"]),

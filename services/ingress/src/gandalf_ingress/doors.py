@@ -65,6 +65,8 @@ class NativeDoor:
         return credentials(scope, self.kind)
 
     def error_body(self, exc: GatewayError) -> bytes:
+        if self.kind == contract.KIND_RESPONSES:  # OpenAI's shape, ``param`` included
+            return exc.body()
         return native_error_body(self.kind, exc.status, exc.message, type=exc.type,
                                  code=exc.code)
 
@@ -86,6 +88,12 @@ class NativeDoor:
             config = payload.get("generationConfig")
             limit = config.get("maxOutputTokens") if isinstance(config, dict) else None
             return prompt + _completion(limit)
+        if self.kind == contract.KIND_RESPONSES:
+            if action != "responses":  # a stored response's action generates nothing
+                return 1
+            prompt = max(1, _ceil4(sum(_json_len(payload.get(name) or "") for name in
+                                       ("input", "instructions", "tools", "text"))))
+            return prompt + _completion(payload.get("max_output_tokens"))
         if self.kind == contract.KIND_AZURE:
             if action == "embeddings":
                 return estimate_embedding_tokens(payload)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgspec
 
-from gandalf_common.contract import KIND_ANTHROPIC, KIND_GEMINI, KIND_OLLAMA
+from gandalf_common.contract import KIND_ANTHROPIC, KIND_GEMINI, KIND_OLLAMA, KIND_RESPONSES
 from gandalf_common.errors import error_body
 
 _encode = msgspec.json.encode
@@ -42,6 +42,9 @@ def native_stream_error(kind: str, status: int, message: str, *, type: str | Non
                         code: str | None = None) -> bytes:
     """An in-band error for a native stream that already started, in the
     form that API's own streams report errors."""
+    if kind == KIND_RESPONSES:  # the Responses event stream's own error event
+        return b"event: error\ndata: " + _encode(
+            {"type": "error", "code": code or type, "message": message, "param": None}) + b"\n\n"
     body = native_error_body(kind, status, message, type=type, code=code)
     if kind == KIND_ANTHROPIC:
         return b"event: error\ndata: " + body + b"\n\n"

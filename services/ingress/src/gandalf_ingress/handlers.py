@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -33,6 +33,9 @@ from .relay import Receive, Relay, Send, send_json_error
 from .schemas import parse_chat, parse_embeddings
 from .semantic import SemanticCache, mark_semantic_hit
 from .usage import Outcome, UsageRecorder
+
+if TYPE_CHECKING:
+    from .response_owners import ResponseOwners
 
 Scope = dict[str, Any]
 _json_decode = msgspec.json.Decoder().decode
@@ -112,6 +115,8 @@ class Gateway:
         #: The opt-in semantic cache (semantic.py); set by the app when configured.
         self.semantic: SemanticCache | None = None
         self.coalescing = live.cfg.coalescing.enabled
+        #: Owners of stored Responses API responses (response_owners.py).
+        self.responses: ResponseOwners | None = None
         #: The ordered admission steps every door goes through (pipeline.py).
         self.admission = Admission(self)
 

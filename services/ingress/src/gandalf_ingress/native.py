@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
 import msgspec
@@ -33,6 +34,9 @@ from .doors import NativeDoor
 from .handlers import Gateway, Scope, _ClientGone, admit_listing, header
 from .relay import NativeRelay, Receive, Send
 from .usage import Outcome
+
+if TYPE_CHECKING:
+    from .pipeline import Ticket
 
 #: Path parameters must look like model names and API actions (as the original).
 _SAFE = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -77,6 +81,7 @@ class NativeEndpoint:
             identity = await adm.authenticate(ticket, scope)
             body = await gw.read(scope, receive, gw.max_body)
             req, data = self._route_request(scope, identity, body, ticket.request_id)
+            req = await self.prepare(req, data, identity)
             ticket.model, ticket.stream = req.model, req.stream
             adm.check_budget(ticket)
             # No cache on the native doors: their bodies pass through unchanged.
@@ -97,10 +102,20 @@ class NativeEndpoint:
             await adm.refuse(ticket, send, exc)
             return
         outcome = Outcome()
-        status = await NativeRelay(gw.relay)(req, send, receive, outcome)
+        status = await NativeRelay(gw.relay)(req, send, receive, outcome,
+                                             on_end=self.on_end(ticket))
         await adm.settle(ticket, outcome, status=status, body_size=len(body))
         if req.body_ref and gw.bodies is not None:
             await gw.bodies.delete(req.body_ref)
+
+    async def prepare(self, req: RouteRequest, data: dict[str, Any],
+                      identity: Identity) -> RouteRequest:
+        """A door's own checks and routing constraints (none by default)."""
+        return req
+
+    def on_end(self, ticket: Ticket) -> Callable[[Outcome], Awaitable[None]] | None:
+        """What to do once the answer is in, before the client sees its end."""
+        return None
 
     def _route_request(self, scope: Scope, identity: Identity, body: bytes,
                        request_id: str) -> tuple[RouteRequest, dict[str, Any]]:
@@ -137,6 +152,8 @@ class NativeEndpoint:
             if not _SAFE.fullmatch(model) or not _SAFE.fullmatch(action):
                 raise BadRequestError("invalid path parameters", code="invalid_path")
             return model, action, action == "streamGenerateContent"
+        if self.kind == contract.KIND_RESPONSES:
+            return _str(data, "model"), "responses", data.get("stream") is True
         if self.kind == contract.KIND_AZURE:
             deployment = str(params.get("deployment", ""))
             if not _SAFE.fullmatch(deployment):

@@ -64,6 +64,26 @@ def _path_param(name: str) -> list[dict[str, Any]]:
              "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}}]
 
 
+#: A Responses API request: what the gateway itself checks (the rest is the
+#: upstream's, or the translator's, to accept or refuse with a 400).
+_RESPONSES_REQUEST: dict[str, Any] = {
+    "type": "object", "required": ["model", "input"],
+    "properties": {"model": {"type": "string"},
+                   "input": {"oneOf": [{"type": "string"},
+                                       {"type": "array", "items": _OBJECT}]},
+                   "stream": {"type": "boolean"},
+                   "previous_response_id": {"type": "string"}}}
+_RESPONSE_ID = [{"name": "response_id", "in": "path", "required": True,
+                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}}]
+
+
+def _op(op_id: str) -> dict[str, Any]:
+    """An action on a stored response (no request body)."""
+    return {"operationId": op_id, "security": [{"bearer": []}],
+            "parameters": _RESPONSE_ID,
+            "responses": {"200": _json(_OBJECT), "4XX": _ERROR}}
+
+
 def public_paths() -> dict[str, Any]:
     text = {"description": "ok", "content": {"text/plain": {"schema": {"type": "string"}}}}
     return {
@@ -84,6 +104,15 @@ def public_paths() -> dict[str, Any]:
         "/openai/deployments/{deployment}/embeddings": _post(
             "azure_embeddings", _OBJECT, native=True, params=_path_param("deployment"),
             stream=False),
+        "/v1/responses": _post("responses_create", _RESPONSES_REQUEST),
+        "/v1/responses/{response_id}": {
+            "get": {**_get("responses_retrieve", _json(_OBJECT))["get"],
+                    "parameters": _RESPONSE_ID},
+            "delete": _op("responses_delete")},
+        "/v1/responses/{response_id}/input_items": {"get": {
+            **_get("responses_input_items", _json(_OBJECT))["get"],
+            "parameters": _RESPONSE_ID}},
+        "/v1/responses/{response_id}/cancel": {"post": _op("responses_cancel")},
         "/api/tags": _get("ollama_tags", _json(_OBJECT), errors={"4XX": _NATIVE_ERROR}),
         "/api/{action}": _post("ollama_action", _OBJECT, native=True,
                                params=_path_param("action")),

@@ -273,10 +273,15 @@ class NativeRelay:
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
+        self._on_end: Callable[[Outcome], Awaitable[None]] | None = None
 
     async def __call__(self, req: RouteRequest, send: Send, receive: Receive,
-                       outcome: Outcome | None = None) -> int:
+                       outcome: Outcome | None = None,
+                       on_end: Callable[[Outcome], Awaitable[None]] | None = None) -> int:
+        """``on_end`` runs after the last byte but before the answer is
+        complete: what it records is there before the client can act on it."""
         outcome = outcome or Outcome()
+        self._on_end = on_end
         relay = self.relay
         slot = relay.inbox.open()
         watcher = asyncio.ensure_future(_watch_disconnect(receive, slot))
@@ -351,6 +356,10 @@ class NativeRelay:
                 outcome.provider_model = msg.model
                 if not status:  # an empty answer; cannot happen with a sane worker
                     return await send_native_error(send, req, _LOST)
+                if isinstance(msg, End):
+                    outcome.ref = msg.ref
+                if self._on_end is not None:
+                    await self._on_end(outcome)
                 await send({"type": "http.response.body", "body": b""})
                 return status
 

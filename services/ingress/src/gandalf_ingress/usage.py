@@ -73,6 +73,8 @@ class Outcome:
     body: bytes | None = None
     #: The answer came from another identical request's upstream call.
     coalesced: bool = False
+    #: What the upstream stored (a Responses API id), from the worker's ``End``.
+    ref: str = ""
 
 
 class UsagePublisher:

@@ -22,6 +22,7 @@ import msgspec
 from gandalf_common.bus import inline_limit
 from gandalf_common.contract import (
     KIND_ANTHROPIC,
+    KIND_RESPONSES,
     Chunk,
     End,
     ErrorReply,
@@ -44,8 +45,10 @@ _JSON = [("content-type", "application/json")]
 
 
 def translated(provider_type: str, kind: str) -> bool:
-    """Anthropic Messages on a non-Anthropic provider goes through OpenAI terms."""
-    return kind == KIND_ANTHROPIC and provider_type != "anthropic"
+    """Anthropic Messages on a non-Anthropic provider, and the Responses API on
+    a non-OpenAI one, go through OpenAI chat terms."""
+    return (kind == KIND_ANTHROPIC and provider_type != "anthropic") or (
+        kind == KIND_RESPONSES and provider_type != "openai")
 
 
 class _Out:
@@ -72,9 +75,9 @@ class _Out:
             await self._pub(Chunk(attempt=self.req.attempt, seq=self.seq,
                                   data=data[start:start + self.limit]))
 
-    async def end(self, usage: Usage | None) -> None:
+    async def end(self, usage: Usage | None, ref: str = "") -> None:
         await self._pub(End(attempt=self.req.attempt, seq=self.seq, usage=usage,
-                            provider=self.req.provider, model=self.req.target_model))
+                            provider=self.req.provider, model=self.req.target_model, ref=ref))
 
     async def error(self, exc: UpstreamFailure) -> None:
         await self._pub(ErrorReply(attempt=self.req.attempt, seq=self.seq, status=exc.status,
@@ -89,6 +92,10 @@ async def run_native(pool: ProviderPool, req: ExecRequest, ctl: str,
     assert call is not None
     out = _Out(pool, req, ctl)
     if translated(pool.provider_type, call.kind):
+        if call.kind == KIND_RESPONSES:
+            from .responses_exec import run_translated
+
+            return await run_translated(pool, req, out, body)
         return await _translated(pool, req, out, body)
     return await _passthrough(pool, req, out, body)
 
@@ -122,7 +129,7 @@ async def _passthrough(pool: ProviderPool, req: ExecRequest, out: _Out,
         except UpstreamFailure as exc:
             await out.error(exc)
             return exc
-        await out.end(resp.usage)
+        await out.end(resp.usage, resp.ref)
         return None
     finally:
         await resp.close()

@@ -171,11 +171,20 @@ class RouterService:
             return
         kind = req.native.kind if req.native is not None else ""
         able = table.able(targets, req.op, kind)
+        pin = req.native.pin if req.native is not None else ""
+        if pin:
+            # A stored response is on the instance that created it, only.
+            able = [t for t in able if t.provider == pin]
         if targets and not able:
             what = f"the {kind} API" if kind else f"the {req.op} operation"
+            message = f"no provider of model {req.model!r} supports {what}"
+            if pin:
+                message = (f"the stored response is on a provider that model {req.model!r} "
+                           "does not route to (stored responses and previous_response_id "
+                           "need the OpenAI-type instance that created them)")
             await nc.publish(reply_to, encode(ErrorReply(
                 status=400, type="invalid_request_error", code="unsupported",
-                message=f"no provider of model {req.model!r} supports {what}")))
+                message=message)))
             return
         targets = self.balancer.order(able, table.strategy(req.model))
         headers = contract.deadline_headers(deadline)

@@ -62,7 +62,7 @@ class NativeResponse:
     A broken upstream stream raises :class:`UpstreamFailure` from ``body``.
     """
 
-    __slots__ = ("body", "close", "headers", "status", "usage")
+    __slots__ = ("body", "close", "headers", "ref", "status", "usage")
 
     def __init__(self, status: int, headers: list[tuple[str, str]],
                  body: AsyncIterator[bytes], close: Callable[[], Awaitable[None]]) -> None:
@@ -71,6 +71,8 @@ class NativeResponse:
         self.body = body
         self.close = close
         self.usage: Usage | None = None
+        #: The id of what the upstream stored (Responses API), once ``body`` is done.
+        self.ref = ""
 
 
 def unsupported(provider: str, what: str) -> UpstreamFailure:

@@ -69,6 +69,7 @@ async def forward(provider: str, http: UpstreamHTTP, auth: Auth, url: httpx.URL,
         async for chunk in _iter(provider, response, sniffer, transform):
             yield chunk
         native.usage = sniffer.usage
+        native.ref = getattr(sniffer, "ref", "")
 
     native.body = body_with_usage()
     return native

@@ -18,13 +18,14 @@ import httpx
 import msgspec
 
 from gandalf_common.config import ProviderConfig
-from gandalf_common.contract import KIND_AZURE, NativeCall, Usage
+from gandalf_common.contract import KIND_AZURE, KIND_RESPONSES, NativeCall, Usage
 from gandalf_common.errors import error_type_for
 
 from .auth import Auth
 from .base import NativeResponse, ProviderResponse, StreamItem, UpstreamFailure, unsupported
 from .http import UpstreamHTTP, decode_json, read_ok
 from .native import forward, rewrite_model, sniffer_for
+from .responses_sniff import responses_sniffer
 from .streams import SSEError, iter_sse
 
 
@@ -74,6 +75,10 @@ _json_encode = msgspec.json.Encoder().encode
 _PATHS = {"chat": "/chat/completions", "embed": "/embeddings"}
 #: Native Azure-style actions -> universal ops.
 _AZURE_ACTIONS = {"chat/completions": "chat", "embeddings": "embed"}
+#: Responses API actions -> (method, path after ``/responses/{id}``).
+_RESPONSES_ACTIONS = {"responses": ("POST", ""), "retrieve": ("GET", ""),
+                      "delete": ("DELETE", ""), "input_items": ("GET", "/input_items"),
+                      "cancel": ("POST", "/cancel")}
 #: Retryable upstream statuses: another target may well succeed.
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -219,6 +224,9 @@ class OpenAIProvider:
         client's body byte for byte to an Azure deployment (the URL names
         it); an OpenAI-style URL names no model, so there the body's model
         becomes the target's and nothing else changes."""
+        if call.kind == KIND_RESPONSES:
+            return await self._responses(call, body, target_model, stream=stream,
+                                         ttfb_timeout=ttfb_timeout)
         op = _AZURE_ACTIONS.get(call.action)
         if call.kind != KIND_AZURE or op is None:
             raise unsupported(self.name, f"native {call.kind} {call.action}")
@@ -227,6 +235,31 @@ class OpenAIProvider:
                              dict(self._headers),
                              body if self._azure else rewrite_model(body, model),
                              sniffer_for(KIND_AZURE, stream=stream), ttfb_timeout=ttfb_timeout)
+
+    async def _responses(self, call: NativeCall, body: bytes, target_model: str, *,
+                         stream: bool, ttfb_timeout: float) -> NativeResponse:
+        """The Responses API: a create carries the model in its body (rewritten
+        like any other); a stored response's actions name it in the path."""
+        method, suffix = _RESPONSES_ACTIONS.get(call.action, ("", ""))
+        if not method:
+            raise unsupported(self.name, f"responses {call.action}")
+        if self._azure:  # Azure's Responses API is not per deployment
+            base = f"{self._base}/openai/responses"
+            params: dict[str, str] = dict(self._query)
+        else:
+            base, params = self._base + "/responses", {}
+        path = base + (f"/{call.ref}{suffix}" if call.ref else "")
+        if call.query:
+            params.update(httpx.QueryParams(call.query))
+        headers = dict(self._headers)
+        if call.action == "responses":
+            body = rewrite_model(body, self._models.get(target_model, target_model))
+        else:
+            body = b""
+            headers.pop("content-type")
+        return await forward(self.name, self._http, self._auth, httpx.URL(path, params=params),
+                             headers, body, responses_sniffer(call.action, stream=stream),
+                             ttfb_timeout=ttfb_timeout, method=method)
 
     async def aclose(self) -> None:
         await self._http.aclose()
