@@ -122,6 +122,8 @@ STORES: dict[str, dict[str, str]] = {
                             "value": "orgs, teams, providers, routes, JWT settings"},
     c.SPEND_BUCKET: {"kind": "kv", "writer": "usage", "readers": "ingress",
                      "value": "Spend per budget scope (`<scope>.<id>`)"},
+    c.RESPONSES_BUCKET: {"kind": "kv", "writer": "ingress", "readers": "ingress",
+                         "value": "ResponseOwner per stored Responses API id (30-day TTL)"},
     c.BODY_BUCKET: {"kind": "object store", "writer": "ingress", "readers": "worker",
                     "value": "request bodies larger than one NATS message"},
 }
@@ -135,7 +137,7 @@ DESCRIPTION = (
     "(x-receiver) and the services that send on it (x-senders). x-stores lists the NATS KV "
     "buckets and the object store.")
 #: Structs that travel in stores rather than on a channel.
-STORE_STRUCTS: tuple[type[Any], ...] = (c.Spend,)
+STORE_STRUCTS: tuple[type[Any], ...] = (c.Spend, c.ResponseOwner)
 
 
 def _schemas(structs: list[type[Any]]) -> dict[str, Any]:
