@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge
 
 from gandalf_common import contract
@@ -86,6 +87,7 @@ class UsagePublisher:
         self._backing_off = 0  # events waiting for their retry timer
         self.backlog_limit = BACKLOG_LIMIT
         self._publishing = 0  # taken off the queue, ack not yet in
+        self._js: JetStreamContext | None = None
 
     async def start(self) -> None:
         await ensure_usage_stream(self.nc)
@@ -127,10 +129,17 @@ class UsagePublisher:
     async def _store(self, event: UsageEvent, timeout: float) -> None:
         """Publish and wait for the stream's ack (msg id = request id, so a
         retry after a lost ack is dropped as a duplicate)."""
-        ack = await self.nc.jetstream().publish_async(
-            contract.USAGE_SUBJECT, usage_json_encode(event), wait_stall=timeout,
-            headers={"Nats-Msg-Id": event.request_id})
-        await asyncio.wait_for(ack, timeout)
+        # One context for the process: each new one subscribes its own ack
+        # inbox (a NATS subscription and a task per request, never freed).
+        if self._js is None:
+            self._js = self.nc.jetstream()
+        # One deadline over the stall and the ack: no task per publish
+        # (wait_for with a coroutine and a timeout makes one).
+        async with asyncio.timeout(timeout):
+            ack = await self._js.publish_async(
+                contract.USAGE_SUBJECT, usage_json_encode(event),
+                headers={"Nats-Msg-Id": event.request_id})
+            await ack
         EVENTS.inc()
 
     async def _run(self) -> None:
