@@ -130,3 +130,26 @@ async def test_without_an_ack_the_event_is_kept_and_stored_later(own_nats: Any) 
         await publisher.stop(2.0)
         await nc.close()
 
+
+
+async def test_durable_publishes_open_no_subscription_per_event(own_nats: Any) -> None:
+    """Each durable publish waits for its ack on the process's one JetStream
+    reply inbox: 300 events leave the connection's subscriptions as they were
+    (a context per publish subscribed an inbox each time and never let go:
+    ~15 % of the gateway's CPU per request, and memory growing with traffic)."""
+    nc = await connect(own_nats.url, "durable-subs")
+    await ensure_usage_stream(nc)
+    publisher = UsagePublisher(nc)
+    await publisher.start()
+    try:
+        event = UsageEvent(request_id="subs-0", ts=time.time(), org_id="default",
+                           key_id="k", endpoint="chat", model="m", status=200)
+        assert await publisher.record_durably(event)
+        before = len(nc._subs)  # the first publish opens the one ack inbox
+        for i in range(1, 301):
+            assert await publisher.record_durably(
+                msgspec.structs.replace(event, request_id=f"subs-{i}"))
+        assert len(nc._subs) == before
+    finally:
+        await publisher.stop(2.0)
+        await nc.close()
