@@ -4,15 +4,33 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/gandalf.yaml
 
-.PHONY: dev run test lint asyncapi bench clean reset-state
+.PHONY: dev run test lint lock lock-check asyncapi bench clean reset-state
 
-$(BIN)/gandalf: requirements-dev.txt pyproject.toml libs/common/pyproject.toml services/*/pyproject.toml
+# Installs exactly the versions of uv.lock, with pip alone: requirements.lock is
+# uv.lock exported (`make lock` writes both; `make lock-check` fails when stale).
+$(BIN)/gandalf: requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip >/dev/null
-	$(BIN)/pip install -r requirements-dev.txt
+	$(BIN)/pip install -r requirements.lock
 	@touch $(BIN)/gandalf
 
-dev: $(BIN)/gandalf ## create the venv and install every package (editable) + dev tools
+dev: $(BIN)/gandalf ## create the venv and install every package (editable) + dev tools, locked
+
+UV := $(BIN)/uv
+$(UV): | $(BIN)/gandalf
+	$(BIN)/pip install "uv>=0.5" >/dev/null
+
+LOCK_EXPORT := export --frozen --all-packages --no-hashes --no-header --quiet
+
+lock: $(UV) ## re-resolve uv.lock after a pyproject change, and export requirements.lock
+	$(UV) lock
+	$(UV) $(LOCK_EXPORT) -o requirements.lock
+
+lock-check: $(UV) ## fail when uv.lock or requirements.lock is stale
+	$(UV) lock --check
+	$(UV) $(LOCK_EXPORT) -o $(VENV)/requirements.lock.check
+	@cmp -s requirements.lock $(VENV)/requirements.lock.check || \
+	    { echo "requirements.lock is stale: run make lock" >&2; exit 1; }
 
 run: dev ## run the whole gateway on this machine (embedded NATS and PostgreSQL)
 	$(BIN)/gandalf up --config $(CONFIG)
