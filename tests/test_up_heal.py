@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway_harness import UPSTREAM_KEY, free_port
 from up_harness import start_up, stop_up
@@ -103,10 +104,27 @@ def _recovers(check: Any, within: float) -> float:
     raise AssertionError(f"did not recover within {within}s")
 
 
-@pytest.mark.parametrize(("needle", "name"), [
-    ("nats-server", "NATS"), ("bin/postgres", "PostgreSQL"), ("valkey-server", "Valkey")])
-def test_a_killed_embedded_server_is_restarted(up: Up, needle: str, name: str) -> None:
+def _restarts(up: Up, server: str) -> float | None:
+    """gandalf_embedded_restarts_total{server} on /metrics (None: not shown)."""
+    try:
+        text = httpx.get(up.url + "/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gandalf_embedded_restarts_total" \
+                    and sample.labels.get("server") == server:
+                return sample.value
+    return None
+
+
+@pytest.mark.parametrize(("needle", "name", "label"), [
+    ("nats-server", "NATS", "nats"), ("bin/postgres", "PostgreSQL", "postgres"),
+    ("valkey-server", "Valkey", "valkey")])
+def test_a_killed_embedded_server_is_restarted(up: Up, needle: str, name: str,
+                                               label: str) -> None:
     assert _chat_ok(up) and _admin_ok(up)
+    assert _restarts(up, label) == 0
     victim = _pid_of(up, needle)
     os.kill(victim, signal.SIGKILL)
     _recovers(lambda: f"embedded {name} exited; restarting it" in up.log.read_text(), 5)
@@ -119,3 +137,6 @@ def test_a_killed_embedded_server_is_restarted(up: Up, needle: str, name: str) -
 
     took = _recovers(lambda: restarted() and _chat_ok(up) and _admin_ok(up), within=30)
     print(f"{name}: restarted and answering {took:.1f}s after kill -9")
+    # Counted where the gateway's metrics are (every process shows it).
+    for _ in range(4):
+        assert _restarts(up, label) == 1

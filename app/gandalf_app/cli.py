@@ -133,7 +133,8 @@ def _run_node(args: argparse.Namespace, cfg: GatewayConfig, *, ingress: bool, ro
         from gandalf_usage.app import UsageService
 
         dsn = getattr(args, "database_url", "") or cfg.database.url
-        services += [AdminService(cfg, dsn), UsageService(dsn)]
+        services += [AdminService(cfg, dsn), UsageService(
+            dsn, started_deadline_s=cfg.usage.deadline_s(cfg.server))]
     # One mirror of the configuration per process, shared by its services.
     live = LiveConfig(cfg)
     services.append(LiveService(live, keys=ingress))
@@ -232,7 +233,8 @@ def _dispatch(args: argparse.Namespace, cfg: GatewayConfig) -> None:
     elif command == "usage":
         from gandalf_usage.app import UsageService
 
-        _run_single(args, cfg, UsageService(cfg.database.url))
+        _run_single(args, cfg, UsageService(
+            cfg.database.url, started_deadline_s=cfg.usage.deadline_s(cfg.server)))
     elif command == "admin":
         from gandalf_admin.app import AdminService
 

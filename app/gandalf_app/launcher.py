@@ -186,11 +186,14 @@ def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
         write_runtime(state, nats_url=nats_url, database_url=db_url)
 
         from gandalf_common.crypto import ENV_KEY
+        from gandalf_common.restart_metrics import ENV as RESTARTS_ENV
 
         # Managed: the admin service owns the configuration and replicates it.
         env = dict(os.environ, GANDALF_NATS_URL=nats_url, GANDALF_MANAGED="1")
         env[ENV_KEY] = _encryption_key(state)
         env[PARENT_ENV] = str(os.getpid())
+        servers.write_restarts()  # zeros: the counter exists before any restart
+        env[RESTARTS_ENV] = str(servers.restarts_file)
         # Signs admin calls between the processes' ingress and the admin service.
         env[BUS_SECRET_ENV] = os.environ.get(BUS_SECRET_ENV) or secret_file(state / "bus-secret")
         if redis_url:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gandalf_common.restart_metrics import FILE_NAME, write_counts
 from gandalf_common.startup import StartupError
 
 from .embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
@@ -40,9 +41,11 @@ class _Watched:
     """One server: how to tell it is alive, how to start it again, and when
     the next try is due."""
 
-    def __init__(self, name: str, alive: Callable[[], bool], restart: Callable[[], object],
-                 say: Callable[[str], None]) -> None:
+    def __init__(self, name: str, label: str, alive: Callable[[], bool],
+                 restart: Callable[[], object], say: Callable[[str], None]) -> None:
         self.name = name
+        #: The ``server`` label of gandalf_embedded_restarts_total.
+        self.label = label
         self.alive = alive
         self.restart = restart
         self.say = say
@@ -96,8 +99,8 @@ class EmbeddedServers:
                                         die_with_parent=True,
                                         password=secret_file(self.state / "nats-password"))
         url = _started(nats.start)
-        self._watched.append(_Watched("NATS", lambda: nats.pid is not None, nats.restart,
-                                      self.say))
+        self._watched.append(_Watched("NATS", "nats", lambda: nats.pid is not None,
+                                      nats.restart, self.say))
         self.say(f"embedded NATS with JetStream at {nats.address} (password in "
                  f"{self.state / 'nats-password'}; data in {self.state / 'nats'})")
         return url
@@ -109,24 +112,39 @@ class EmbeddedServers:
         dsn = _started(pg.start)
         self._watchdog = PgWatchdog(pg.pgdata)
         self._watchdog.start()
-        self._watched.append(_Watched("PostgreSQL", lambda: pg.postmaster_pid() is not None,
-                                      pg.restart, self.say))
+        self._watched.append(_Watched("PostgreSQL", "postgres",
+                                      lambda: pg.postmaster_pid() is not None, pg.restart,
+                                      self.say))
         self.say(f"embedded PostgreSQL started (data in {self.state / 'pg'})")
         return dsn
 
     def start_redis(self) -> str:
         self.redis = redis = EmbeddedRedis(self.state, die_with_parent=True)
         url = _started(redis.start)
-        self._watched.append(_Watched("Valkey", lambda: redis.pid is not None, redis.start,
-                                      self.say))
+        self._watched.append(_Watched("Valkey", "valkey", lambda: redis.pid is not None,
+                                      redis.start, self.say))
         self.say(f"embedded Valkey at {url}: rate limits, budgets and the cache are shared "
                  "by the gateway processes")
         return url
 
+    @property
+    def restarts_file(self) -> Path:
+        """Restart counts for the gateway processes' /metrics (restart_metrics.py)."""
+        return self.state / FILE_NAME
+
     def check(self) -> None:
         """Restart whatever died (called from the launcher's loop)."""
+        before = sum(w.restarts for w in self._watched)
         for watched in self._watched:
             watched.check()
+        if sum(w.restarts for w in self._watched) != before:
+            self.write_restarts()
+
+    def write_restarts(self) -> None:
+        try:
+            write_counts(self.restarts_file, {w.label: w.restarts for w in self._watched})
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.restarts_file, exc)
 
     def stop(self) -> None:
         """Gateway processes first (the caller's), then these, NATS last."""

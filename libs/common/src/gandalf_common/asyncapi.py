@@ -112,6 +112,13 @@ CHANNELS: tuple[Channel, ...] = (
             extra={"x-jetstream": {"stream": c.USAGE_STREAM, "subjects": [c.USAGE_SUBJECTS],
                                    "durable": c.USAGE_DURABLE,
                                    "dedup": "Nats-Msg-Id = request id"}}),
+    Channel("usageStarted", c.USAGE_STARTED_SUBJECT, (c.UsageStarted,), ("ingress",), "usage",
+            "An admitted request, before its answer (the first response byte waits for its "
+            "ack): a started event with no finished one within the deadline becomes a "
+            "provisional, estimated row.", content_type=JSON, headers=("Nats-Msg-Id",),
+            extra={"x-jetstream": {"stream": c.USAGE_STREAM, "durable": c.USAGE_DURABLE,
+                                   "dedup": "Nats-Msg-Id = request id + "
+                                            + repr(c.USAGE_STARTED_MSG_ID_SUFFIX)}}),
 )
 
 #: Stores that are not subjects: KV buckets (NATS KV) and the object store.

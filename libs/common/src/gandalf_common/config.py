@@ -220,6 +220,19 @@ class CoalescingConfig(_Base, kw_only=True, frozen=True):
     enabled: bool = True
 
 
+class UsageConfig(_Base, kw_only=True, frozen=True):
+    """The usage service. ``started_deadline``: a request admitted (its
+    ``started`` event stored) with no ``finished`` event this long after the
+    usage service saw it is billed from its admission estimate (a flagged,
+    provisional row; a later finished event settles it). 0 (default):
+    ``server.write_timeout`` + 60 s, past the longest a live request runs."""
+
+    started_deadline: Duration = 0.0
+
+    def deadline_s(self, server: ServerConfig) -> float:
+        return self.started_deadline or server.write_timeout + 60.0
+
+
 class MetricsConfig(_Base, kw_only=True, frozen=True):
     enabled: bool = True  # deliberate fix: the original had /metrics off by default
 
@@ -332,6 +345,7 @@ class GatewayConfig(_Base, kw_only=True, frozen=True, dict=True):
     circuit_breaker: CircuitBreakerConfig = msgspec.field(default_factory=CircuitBreakerConfig)
     retries: RetriesConfig = msgspec.field(default_factory=RetriesConfig)
     coalescing: CoalescingConfig = msgspec.field(default_factory=CoalescingConfig)
+    usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
     #: insert: YAML entities are created when missing, never changed (the

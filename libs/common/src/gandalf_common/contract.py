@@ -56,6 +56,11 @@ CACHE_PURGE: Final = "gandalf.cache.purge"
 USAGE_STREAM: Final = "USAGE"
 USAGE_SUBJECTS: Final = "gandalf.usage.>"
 USAGE_SUBJECT: Final = "gandalf.usage.event"
+#: ingress -> USAGE: one :class:`UsageStarted` per admitted request, stored
+#: before the first response byte; ``Nats-Msg-Id`` = request id +
+#: :data:`USAGE_STARTED_MSG_ID_SUFFIX` (the finished event keeps the plain id).
+USAGE_STARTED_SUBJECT: Final = "gandalf.usage.started"
+USAGE_STARTED_MSG_ID_SUFFIX: Final = ":started"
 #: The usage writer's durable pull consumer (shared by every usage replica).
 USAGE_DURABLE: Final = "usage-writer"
 #: KV bucket of spend per budget scope, written by the usage service, read by
@@ -461,6 +466,29 @@ class UsageEvent(Struct, frozen=True, kw_only=True, omit_defaults=True):
     error_class: str = ""
 
 
+class UsageStarted(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An admitted request, before its answer: if no :class:`UsageEvent`
+    follows within the usage service's deadline (the ingress died), the
+    request is billed from this estimate (a flagged, provisional row) until
+    its finished event, if it ever comes, settles it."""
+
+    request_id: str
+    #: Unix epoch seconds when the request arrived (the finished event's ``ts``).
+    ts: float
+    org_id: str = ""
+    team_id: str = ""
+    key_id: str = ""
+    user_id: str = ""
+    auth: str = ""
+    endpoint: str = ""
+    model: str = ""
+    stream: bool = False
+    #: The tokens reserved at admission (prompt + completion allowance).
+    estimated_tokens: int = 0
+    #: Their cost at the alias's price (0 when unknown).
+    estimated_cost_usd: float = 0.0
+
+
 class Spend(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Spend of one budget scope (key, team or org) in its current period."""
 
@@ -525,6 +553,7 @@ admin_response_decoder = msgspec.msgpack.Decoder(AdminResponse)
 cache_purge_decoder = msgspec.msgpack.Decoder(CachePurge)
 usage_json_encode = msgspec.json.Encoder().encode
 usage_json_decoder = msgspec.json.Decoder(UsageEvent)
+usage_started_decoder = msgspec.json.Decoder(UsageStarted)
 spend_decoder = msgspec.msgpack.Decoder(Spend)
 
 

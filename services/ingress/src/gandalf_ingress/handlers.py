@@ -231,6 +231,7 @@ class ProxyEndpoint:
                                  status=200, cached=True)
                 return
             # --- end semantic cache ---
+            ticket.stream = req.stream
             await adm.admit(ticket, scope, self.door.estimate(self.op, payload, body))
             relay = gw.relay
             if relay is None:
@@ -309,7 +310,7 @@ async def admit_listing(gw: Gateway, scope: Scope, send: Send,
     ticket = adm.open(scope, door)
     try:
         identity = await adm.authenticate(ticket, scope)
-        await adm.admit(ticket, scope, 0, reserve=False)
+        await adm.admit(ticket, scope, 0, reserve=False, bill=False)
     except GatewayError as exc:
         ticket.identity = None  # a listing records no usage
         await adm.refuse(ticket, send, exc)

@@ -133,6 +133,7 @@ class EdgeMiddleware:
 
         held = HoldEnd(send_wrapped)
         state["release_response"] = held.release
+        state["hold_start"] = held.hold_start
         t0 = time.perf_counter()
         ACTIVE.inc()
         method = scope["method"]

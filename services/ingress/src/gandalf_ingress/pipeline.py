@@ -25,6 +25,7 @@ from gandalf_common.errors import GatewayError
 
 from .holdend import release_response
 from .relay import Send, send_json_error
+from .started import publish_started
 
 if TYPE_CHECKING:
     from .auth import Identity
@@ -90,21 +91,26 @@ class Admission:
         self.gw.budgets.check(ticket.identity)
 
     async def admit(self, ticket: Ticket, scope: Scope, tokens: int, *,
-                    reserve: bool = True) -> None:
+                    reserve: bool = True, bill: bool = True) -> None:
         """Take one request and ``tokens`` (429 when a bucket is empty), then
         reserve the budget for ``tokens`` (429 when it does not fit; the
-        tokens just taken are handed back)."""
+        tokens just taken are handed back). Admitted and ``bill``: its
+        ``started`` usage event goes out now (started.py)."""
         identity = ticket.identity
         assert identity is not None
         ticket.decision = await self.gw.limits.admit(scope["state"], identity, tokens)
-        if not reserve:
-            return
-        try:
-            ticket.held = await self.gw.budgets.reserve(identity, ticket.model, tokens)
-        except GatewayError:
-            await self.gw.limits.settle(identity, ticket.decision, _NOTHING)
-            ticket.decision = None
-            raise
+        if reserve:
+            try:
+                ticket.held = await self.gw.budgets.reserve(identity, ticket.model, tokens)
+            except GatewayError:
+                await self.gw.limits.settle(identity, ticket.decision, _NOTHING)
+                ticket.decision = None
+                raise
+        if bill:
+            publish_started(self.gw.usage, scope, request_id=ticket.request_id,
+                            started=ticket.started, identity=identity,
+                            endpoint=ticket.door.endpoint, model=ticket.model,
+                            stream=ticket.stream, tokens=tokens)
 
     async def release(self, ticket: Ticket) -> None:
         held, ticket.held = ticket.held, []

@@ -15,14 +15,14 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge
 
 from gandalf_common import contract
-from gandalf_common.contract import UsageEvent, usage_json_encode
+from gandalf_common.contract import UsageEvent, UsageStarted, usage_json_encode
 from gandalf_common.errors import GatewayError
 from gandalf_common.pricing import PriceBook
 from gandalf_common.usage_stream import ensure_usage_stream
@@ -78,10 +78,28 @@ class Outcome:
     ref: str = ""
 
 
+class _Item(NamedTuple):
+    """One message for the USAGE stream (a finished or a started event)."""
+
+    subject: str
+    msg_id: str
+    data: bytes
+
+    @classmethod
+    def finished(cls, event: UsageEvent) -> _Item:
+        return cls(contract.USAGE_SUBJECT, event.request_id, usage_json_encode(event))
+
+    @classmethod
+    def started(cls, event: UsageStarted) -> _Item:
+        return cls(contract.USAGE_STARTED_SUBJECT,
+                   event.request_id + contract.USAGE_STARTED_MSG_ID_SUFFIX,
+                   usage_json_encode(event))
+
+
 class UsagePublisher:
     def __init__(self, nc: NATS, *, workers: int = 4) -> None:
         self.nc = nc
-        self._queue: asyncio.Queue[tuple[UsageEvent, int]] = asyncio.Queue(QUEUE_SIZE)
+        self._queue: asyncio.Queue[tuple[_Item, int]] = asyncio.Queue(QUEUE_SIZE)
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
         self._backing_off = 0  # events waiting for their retry timer
@@ -95,7 +113,7 @@ class UsagePublisher:
                        for i in range(self._workers)]
 
     async def record(self, event: UsageEvent) -> None:
-        await self._queue.put((event, 0))
+        await self._queue.put((_Item.finished(event), 0))
         QUEUED.set(self._queue.qsize())
 
     @property
@@ -111,24 +129,33 @@ class UsagePublisher:
         response's last byte, so a process that dies after it loses no usage.
         False when NATS did not ack within ``wait``: the event is then retried
         from memory like any other (a duplicate is dropped by its msg id)."""
+        return await self._durably(_Item.finished(event), wait)
+
+    async def record_started(self, event: UsageStarted, wait: float = DURABLE_WAIT_S) -> bool:
+        """Store a request's started event (awaited before its first response
+        byte, see started.py); on failure kept in memory as above."""
+        return await self._durably(_Item.started(event), wait)
+
+    async def _durably(self, item: _Item, wait: float) -> bool:
         if self.nc.is_connected:
             try:
-                await self._store(event, wait)
+                await self._store(item, wait)
                 return True
             except asyncio.CancelledError:
                 self._backing_off += 1
-                self._requeue(event, 0)  # never lose it on the way out
+                self._requeue(item, 0)  # never lose it on the way out
                 raise
             except Exception as exc:  # noqa: BLE001 - no ack in time: keep it in memory
-                log.warning("usage event %s not stored before the response ended (%s); "
-                            "retrying from memory", event.request_id, type(exc).__name__)
+                log.warning("usage message %s not stored in time (%s); retrying from memory",
+                            item.msg_id, type(exc).__name__)
         UNCONFIRMED.inc()
-        await self.record(event)
+        await self._queue.put((item, 0))
+        QUEUED.set(self._queue.qsize())
         return False
 
-    async def _store(self, event: UsageEvent, timeout: float) -> None:
-        """Publish and wait for the stream's ack (msg id = request id, so a
-        retry after a lost ack is dropped as a duplicate)."""
+    async def _store(self, item: _Item, timeout: float) -> None:
+        """Publish and wait for the stream's ack (the msg id makes a retry
+        after a lost ack a duplicate the stream drops)."""
         # One context for the process: each new one subscribes its own ack
         # inbox (a NATS subscription and a task per request, never freed).
         if self._js is None:
@@ -137,39 +164,38 @@ class UsagePublisher:
         # (wait_for with a coroutine and a timeout makes one).
         async with asyncio.timeout(timeout):
             ack = await self._js.publish_async(
-                contract.USAGE_SUBJECT, usage_json_encode(event),
-                headers={"Nats-Msg-Id": event.request_id})
+                item.subject, item.data, headers={"Nats-Msg-Id": item.msg_id})
             await ack
         EVENTS.inc()
 
     async def _run(self) -> None:
         while True:
-            event, attempt = await self._queue.get()
+            item, attempt = await self._queue.get()
             QUEUED.set(self._queue.qsize())
             self._publishing += 1
             try:
-                await self._store(event, ACK_TIMEOUT_S)
+                await self._store(item, ACK_TIMEOUT_S)
             except asyncio.CancelledError:
-                self._queue.put_nowait((event, attempt))  # kept for the final drain
+                self._queue.put_nowait((item, attempt))  # kept for the final drain
                 raise
             except Exception as exc:  # noqa: BLE001 - no ack, NATS down, no stream: retry
                 RETRIES.inc()
                 if attempt == 0 or attempt % 20 == 0:
-                    log.warning("usage event %s not stored yet (%s); retrying",
-                                event.request_id, type(exc).__name__)
+                    log.warning("usage message %s not stored yet (%s); retrying",
+                                item.msg_id, type(exc).__name__)
                 self._backing_off += 1
                 asyncio.get_running_loop().call_later(
                     min(MAX_BACKOFF_S, 0.1 * 2 ** min(attempt, 6)),
-                    self._requeue, event, attempt + 1)
+                    self._requeue, item, attempt + 1)
             finally:
                 self._publishing -= 1
 
-    def _requeue(self, event: UsageEvent, attempt: int) -> None:
+    def _requeue(self, item: _Item, attempt: int) -> None:
         self._backing_off -= 1
         try:
-            self._queue.put_nowait((event, attempt))
+            self._queue.put_nowait((item, attempt))
         except asyncio.QueueFull:
-            task = asyncio.ensure_future(self._queue.put((event, attempt)))
+            task = asyncio.ensure_future(self._queue.put((item, attempt)))
             _PENDING.add(task)
             task.add_done_callback(_PENDING.discard)
 

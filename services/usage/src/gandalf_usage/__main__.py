@@ -7,7 +7,9 @@ from .app import UsageService
 
 
 def build(ctx: Context) -> Built:
-    return [UsageService(ctx.cfg.database.url)], None
+    cfg = ctx.cfg
+    return [UsageService(cfg.database.url,
+                         started_deadline_s=cfg.usage.deadline_s(cfg.server))], None
 
 
 run("usage", build)

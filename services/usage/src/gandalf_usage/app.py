@@ -28,6 +28,7 @@ from gandalf_common.startup import DEPENDENCY_WAIT_S
 from .consumer import AfterCommit, ConsumerOptions, UsageConsumer
 from .db import UsageDatabase
 from .spend import SpendPublisher
+from .sweeper import Sweeper
 
 log = logging.getLogger("gandalf.usage")
 
@@ -35,13 +36,14 @@ log = logging.getLogger("gandalf.usage")
 class UsageService:
     def __init__(self, dsn: str, cfg: GatewayConfig | None = None, *,
                  live: LiveConfig | None = None, options: ConsumerOptions | None = None,
-                 spend_refresh_s: float = 60.0, after_commit: AfterCommit | None = None
-                 ) -> None:
+                 spend_refresh_s: float = 60.0, after_commit: AfterCommit | None = None,
+                 started_deadline_s: float = 180.0) -> None:
         """``dsn``: PostgreSQL (empty: answer pings only). Budgets come from
         ``live`` when given (it must mirror keys: ``start(nc, keys=True)``,
         started by its owner); otherwise the service mirrors the managed
         configuration itself (``cfg`` is only carried along). ``options``,
-        ``spend_refresh_s`` and ``after_commit`` exist for tests and tuning."""
+        ``spend_refresh_s`` and ``after_commit`` exist for tests and tuning;
+        ``started_deadline_s`` is ``usage.started_deadline`` (sweeper.py)."""
         self.dsn = dsn
         self.cfg = cfg or GatewayConfig()
         self.options = options or ConsumerOptions()
@@ -53,6 +55,8 @@ class UsageService:
         self.spend: SpendPublisher | None = None
         self.consumer: UsageConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._started_deadline_s = started_deadline_s
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, nc: NATS) -> None:
         pong = encode(Pong(service="usage", pid=os.getpid()))
@@ -79,6 +83,8 @@ class UsageService:
             await self.stop(0)
             raise
         self._task = asyncio.create_task(self.consumer.run(), name="usage-consumer")
+        sweeper = Sweeper(self.db, self._started_deadline_s, on_written=self.spend.touched)
+        self._sweeper = asyncio.create_task(sweeper.run(), name="usage-sweeper")
         self._subs.append(await serve_pings(nc, contract.PING_USAGE, "usage", pong))
 
     async def stop(self, timeout: float) -> None:
@@ -86,6 +92,11 @@ class UsageService:
         ``timeout`` seconds; after that it is abandoned un-acked, and
         JetStream redelivers it to another replica), then close."""
         await unsubscribe_all(self._subs)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self.consumer is not None and self._task is not None:
             self.consumer.request_stop()
             done, _pending = await asyncio.wait({self._task}, timeout=timeout)

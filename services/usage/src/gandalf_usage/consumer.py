@@ -25,12 +25,19 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from gandalf_common.contract import USAGE_DURABLE, USAGE_STREAM, USAGE_SUBJECTS, UsageEvent
+from gandalf_common.contract import (
+    USAGE_DURABLE,
+    USAGE_STARTED_SUBJECT,
+    USAGE_STREAM,
+    USAGE_SUBJECTS,
+    UsageEvent,
+    UsageStarted,
+)
 from gandalf_common.usage_stream import ensure_usage_stream
 
 from . import metrics
 from .db import UsageDatabase
-from .events import MalformedEventError, decode_event
+from .events import MalformedEventError, decode_event, decode_started
 from .writer import WriteResult
 
 log = logging.getLogger("gandalf.usage")
@@ -42,6 +49,8 @@ REJECT_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 #: (tests use it to simulate a crash between commit and ack).
 AfterCommit = Callable[[Sequence[Msg]], Awaitable[None]]
 OnWritten = Callable[[WriteResult], None]
+#: A finished request, or an admitted one (its started event, pending.py).
+Event = UsageEvent | UsageStarted
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,14 +182,15 @@ class UsageConsumer:
 
     async def _handle(self, msgs: list[Msg]) -> None:
         started = time.monotonic()
-        events: list[UsageEvent] = []
+        events: list[Event] = []
         good: list[Msg] = []
         for msg in msgs:
             meta = msg.metadata
             if meta.num_delivered > 1:
                 metrics.REDELIVERIES.inc()
             try:
-                events.append(decode_event(msg.data))
+                events.append(decode_started(msg.data) if msg.subject == USAGE_STARTED_SUBJECT
+                              else decode_event(msg.data))
             except MalformedEventError as exc:
                 metrics.DECODE_FAILURES.inc()
                 log.warning("usage: terminating malformed message (stream seq %s): %s",
@@ -204,7 +214,7 @@ class UsageConsumer:
         if self._on_written is not None and result.inserted:
             self._on_written(result)
 
-    async def _commit(self, events: list[UsageEvent], msgs: list[Msg]
+    async def _commit(self, events: list[Event], msgs: list[Msg]
                       ) -> tuple[WriteResult, list[Msg]]:
         """Commit the batch; return what was written and the messages to ack."""
         try:
@@ -228,7 +238,7 @@ class UsageConsumer:
             accepted.append(msg)
         return result, accepted
 
-    async def _write_retrying(self, events: list[UsageEvent], msgs: list[Msg]) -> WriteResult:
+    async def _write_retrying(self, events: list[Event], msgs: list[Msg]) -> WriteResult:
         """Write until it works (or the database refuses the values)."""
         keepalive = asyncio.create_task(_hold(msgs, self.options.ack_wait_s / 3))
         try:
@@ -238,11 +248,13 @@ class UsageConsumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
 
-    async def _write_until_it_works(self, events: list[UsageEvent]) -> WriteResult:
+    async def _write_until_it_works(self, events: list[Event]) -> WriteResult:
         delay = 0.1
+        finished = [e for e in events if isinstance(e, UsageEvent)]
+        started = [e for e in events if isinstance(e, UsageStarted)]
         while True:
             try:
-                result = await self.db.write(events)
+                result = await self.db.write(finished, started)
             except REJECT_ERRORS:
                 raise
             except Exception as exc:  # noqa: BLE001 - any other failure: wait and retry

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from gandalf_common.contract import UsageEvent
+from gandalf_common.contract import UsageEvent, UsageStarted
 from gandalf_common.pg import connect_pool, migrate
 
 from .writer import WriteResult, write_batch
@@ -68,10 +68,11 @@ class UsageDatabase:
                                                 command_timeout=COMMAND_TIMEOUT_S, timeout=5)
         return self._pool
 
-    async def write(self, events: Sequence[UsageEvent]) -> WriteResult:
+    async def write(self, events: Sequence[UsageEvent],
+                    started: Sequence[UsageStarted] = ()) -> WriteResult:
         pool = await self.pool()
         async with pool.acquire() as conn:
-            return await write_batch(conn, events)
+            return await write_batch(conn, events, started)
 
     async def spend(self, queries: Sequence[SpendQuery]) -> dict[tuple[str, str], float]:
         """Spend of each (scope, id) since its start (one round trip per chunk)."""

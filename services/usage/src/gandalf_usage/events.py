@@ -8,7 +8,12 @@ import math
 
 import msgspec
 
-from gandalf_common.contract import UsageEvent, usage_json_decoder
+from gandalf_common.contract import (
+    UsageEvent,
+    UsageStarted,
+    usage_json_decoder,
+    usage_started_decoder,
+)
 
 INT4_MAX = 2**31 - 1
 INT8_MAX = 2**63 - 1
@@ -20,6 +25,7 @@ TS_MAX = 253402300799.0
 _TOKENS = ("prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens")
 _TEXT = ("org_id", "team_id", "key_id", "user_id", "auth", "endpoint", "model", "provider",
          "provider_model", "error_class")
+_STARTED_TEXT = ("org_id", "team_id", "key_id", "user_id", "auth", "endpoint", "model")
 
 
 class MalformedEventError(ValueError):
@@ -62,4 +68,25 @@ def decode_event(data: bytes) -> UsageEvent:
             fixes[name] = _clamp_int4(value_i)
     if event.ttft_ms is not None and event.ttft_ms != _clamp_int4(event.ttft_ms):
         fixes["ttft_ms"] = _clamp_int4(event.ttft_ms)
+    return msgspec.structs.replace(event, **fixes) if fixes else event
+
+
+def decode_started(data: bytes) -> UsageStarted:
+    """A ``started`` event, checked like a finished one (its estimate bills
+    the request if the finished event never comes)."""
+    try:
+        event = usage_started_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise MalformedEventError(str(exc)) from None
+    if not event.request_id or "\x00" in event.request_id:
+        raise MalformedEventError("empty or invalid request_id")
+    if not (math.isfinite(event.ts) and 0 <= event.ts <= TS_MAX):
+        raise MalformedEventError(f"ts out of range: {event.ts!r}")
+    if not 0 <= event.estimated_tokens <= INT8_MAX:
+        raise MalformedEventError("estimated_tokens out of range")
+    cost = event.estimated_cost_usd
+    if not (math.isfinite(cost) and 0 <= cost <= COST_MAX):
+        raise MalformedEventError(f"estimated_cost_usd out of range: {cost!r}")
+    fixes = {name: getattr(event, name).replace("\x00", "") for name in _STARTED_TEXT
+             if "\x00" in getattr(event, name)}
     return msgspec.structs.replace(event, **fixes) if fixes else event

@@ -29,8 +29,8 @@ COLUMNS: Final = (
     "status_code", "stream", "cached", "prompt_tokens", "completion_tokens",
     "cached_tokens", "total_tokens", "cost_usd", "latency_ms", "ttft_ms", "error_class",
 )
-#: Event fields migration 004 added to the raw rows (exported when present).
-OPTIONAL_COLUMNS: Final = ("auth", "endpoint", "coalesced", "estimated")
+#: Event fields migrations 004 and 007 added to the raw rows (exported when present).
+OPTIONAL_COLUMNS: Final = ("auth", "endpoint", "coalesced", "estimated", "provisional")
 _PREFETCH = 1000
 _json = msgspec.json.Encoder()
 

@@ -36,3 +36,6 @@ LAST_WRITE = Gauge("gandalf_usage_last_write_timestamp_seconds",
                    "Unix time of the last committed batch", registry=REGISTRY)
 SPEND_PUBLISHED = Counter("gandalf_usage_spend_published_total",
                           "Spend records written to the spend KV bucket", registry=REGISTRY)
+PROVISIONAL = Counter("gandalf_usage_provisional_rows_total",
+                      "Requests billed from their started event alone (no finished event "
+                      "within usage.started_deadline: the ingress died)", registry=REGISTRY)

@@ -39,7 +39,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from gandalf_common.contract import USAGE_STREAM, UsageEvent
+from gandalf_common.contract import USAGE_STARTED_SUBJECT, USAGE_STREAM, UsageEvent
 
 from .events import MalformedEventError, decode_event
 from .writer import ROLLUP_LOCK_ID, write_batch
@@ -206,7 +206,9 @@ async def read_window(nc: NATS, window: Window, *, stream: str = USAGE_STREAM,
                 out.last_seq = seq
                 if first_time is None:
                     first_time = md.timestamp
-                if not _take(msg.data, window, out, seen):
+                # Started events bill nothing by themselves (pending.py).
+                if msg.subject != USAGE_STARTED_SUBJECT and \
+                        not _take(msg.data, window, out, seen):
                     out.stop, done = "to", True
                     break
                 if seq >= state.last_seq or md.num_pending == 0:

@@ -17,7 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gandalf_common.contract import UsageEvent
+from gandalf_common.contract import UsageEvent, UsageStarted
+
+from . import pending
 
 if TYPE_CHECKING:
     import asyncpg
@@ -78,6 +80,7 @@ _RAW: list[tuple[str, str]] = [
     ("latency_ms", "latency_ms"),
     ("ttft_ms", "ttft_ms"),
     ("error_class", "NULLIF(error_class, '')"),
+    ("provisional", f"${len(_INPUT) + 1}::bool"),
 ]
 
 _DIMS = "org_id, team_id, key_id, model, provider_id, period, bucket"
@@ -153,6 +156,15 @@ class WriteResult:
     def duplicates(self) -> int:
         return self.events - self.inserted
 
+    def add_rows(self, rows: Sequence[Any]) -> None:
+        """The write statement's rows: new raw rows per key, team and org."""
+        for row in rows:
+            self.inserted += row["n"]
+            for ident, into in ((row["key_id"], self.keys), (row["team_id"], self.teams),
+                                (row["org_id"], self.orgs)):
+                if ident:
+                    into.add(ident)
+
     def merge(self, other: WriteResult) -> None:
         self.events += other.events
         self.inserted += other.inserted
@@ -166,18 +178,28 @@ def columns(events: Sequence[UsageEvent]) -> list[list[Any]]:
     return [[get(e) for e in events] for _n, _t, get in _INPUT]
 
 
-async def write_batch(conn: asyncpg.Connection, events: Sequence[UsageEvent]) -> WriteResult:
-    """Write ``events`` in one transaction; return what was new."""
+async def write_batch(conn: asyncpg.Connection, events: Sequence[UsageEvent],
+                      started: Sequence[UsageStarted] = ()) -> WriteResult:
+    """Write ``events`` (and the ``started`` events, pending.py) in one
+    transaction; return what was new."""
     result = WriteResult(events=len(events))
-    if not events:
+    if not events and not started:
         return result
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", ROLLUP_LOCK_ID)
-        rows = await conn.fetch(WRITE_SQL, *columns(events))
-    for row in rows:
-        result.inserted += row["n"]
-        for ident, into in ((row["key_id"], result.keys), (row["team_id"], result.teams),
-                            (row["org_id"], result.orgs)):
-            if ident:
-                into.add(ident)
+        await pending.add_started(conn, started)
+        if not events:
+            return result
+        await pending.finish(conn, [e.request_id for e in events])
+        rows = await conn.fetch(WRITE_SQL, *columns(events), False)
+    result.add_rows(rows)
+    return result
+
+
+async def write_provisional(conn: asyncpg.Connection,
+                            events: Sequence[UsageEvent]) -> WriteResult:
+    """Rows billed from started events (sweeper.py), inside its transaction."""
+    result = WriteResult(events=len(events))
+    if events:
+        result.add_rows(await conn.fetch(WRITE_SQL, *columns(events), True))
     return result
