@@ -35,12 +35,13 @@ lock-check: $(UV) ## fail when uv.lock or requirements.lock is stale
 run: dev ## run the whole gateway on this machine (embedded NATS and PostgreSQL)
 	$(BIN)/gandalf up --config $(CONFIG)
 
-test: dev ## the test suite (~5 min; starts its own NATS/PostgreSQL/Valkey when none is running)
-	$(BIN)/ruff check .
+test: lint ## lint, then the test suite (~5 min; starts its own NATS/PostgreSQL/Valkey when none is running)
 	$(BIN)/pytest -q
 
-lint: dev
+lint: dev ## ruff (with complexity), import contracts (.importlinter), mypy --strict where it is on
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 asyncapi: dev ## regenerate docs/asyncapi.yaml (the bus) from contract.py
 	$(BIN)/python -m gandalf_common.asyncapi

@@ -144,7 +144,8 @@ class _Stop:
         return self.signal != 0
 
 
-def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:
+# Complex on purpose: the startup sequence of gandalf up, in order, read top to bottom.
+def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:  # noqa: C901
     from .cli import data_dir
 
     state = data_dir(args, cfg)

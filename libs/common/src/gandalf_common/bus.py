@@ -74,7 +74,9 @@ async def connect(url: str, name: str, *, connect_timeout: float = DEPENDENCY_WA
         try:
             await asyncio.wait_for(nc.connect(
                 url, name=name, allow_reconnect=True, max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25, connect_timeout=2, ping_interval=10,
+                # nats-py annotates int; it sleeps for the float it is given.
+                reconnect_time_wait=0.25,  # type: ignore[arg-type]
+                connect_timeout=2, ping_interval=10,
                 max_outstanding_pings=3, error_cb=_error_cb,
                 disconnected_cb=_disconnected_cb, reconnected_cb=_reconnected_cb,
                 # Fail fast while disconnected rather than buffering unboundedly.

@@ -7,7 +7,7 @@ and ``${VAR}`` expansion. Durations are float seconds.
 import functools
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import msgspec
@@ -51,9 +51,8 @@ def _safe_repr(self: Any) -> str:
     return f"{type(self).__name__}({body})"
 
 
-def _safe_rich_repr(self: Any) -> Iterator[tuple[str, Any]]:
-    for f in self.__struct_fields__:
-        yield f, _shown(self, f)
+def _safe_rich_repr(self: Any) -> list[tuple[str, Any]]:
+    return [(f, _shown(self, f)) for f in self.__struct_fields__]
 
 
 class _Base(msgspec.Struct, kw_only=True, frozen=True):

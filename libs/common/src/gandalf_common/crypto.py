@@ -60,6 +60,7 @@ class SecretBox:
             raise SecretError("unknown secret format")
         try:
             raw = base64.urlsafe_b64decode(token[len(_PREFIX):])
-            return self._aead.decrypt(raw[:12], raw[12:], purpose.encode())
+            plain: bytes = self._aead.decrypt(raw[:12], raw[12:], purpose.encode())
+            return plain
         except (ValueError, InvalidTag):
             raise SecretError("cannot decrypt secret (wrong GANDALF_ENCRYPTION_KEY?)") from None

@@ -84,7 +84,8 @@ class Readiness:
         return True, "ok"
 
 
-def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: str = "",
+# Complex on purpose: the route table, one branch per optional feature.
+def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: str = "",  # noqa: C901
                nats_url: str = "", live: LiveConfig | None = None) -> Starlette:
     """Build the ingress app. With ``nc`` the app shares a connection owned by
     the caller; otherwise it connects to ``nats_url`` in its lifespan. A

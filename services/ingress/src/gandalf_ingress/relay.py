@@ -163,7 +163,8 @@ class Relay:
             await self.cancel(req.request_id)
         return status
 
-    async def _pump(self, req: RouteRequest, slot: ReplySlot, send: Send,
+    # Complex on purpose: the reply-stream state machine (attempts, gaps, liveness).
+    async def _pump(self, req: RouteRequest, slot: ReplySlot, send: Send,  # noqa: C901
                     outcome: Outcome) -> int:
         started = False
         t0 = time.monotonic()
@@ -297,7 +298,8 @@ class NativeRelay:
             await relay.cancel(req.request_id)
         return status
 
-    async def _pump(self, req: RouteRequest, slot: ReplySlot, send: Send,
+    # Complex on purpose: the reply-stream state machine (attempts, gaps, liveness).
+    async def _pump(self, req: RouteRequest, slot: ReplySlot, send: Send,  # noqa: C901
                     outcome: Outcome) -> int:
         relay = self.relay
         t0 = time.monotonic()

@@ -7,24 +7,9 @@ from typing import Any, Protocol
 
 from gandalf_common.contract import NativeCall, Usage
 
-
-class UpstreamFailure(Exception):
-    """A call failed before a response could be used.
-
-    ``status`` is what the client should see; ``retryable`` says whether the
-    router may try another target (connect errors, timeouts, 408, 429, 5xx).
-    """
-
-    def __init__(self, message: str, *, status: int = 502, type: str = "api_error",
-                 code: str | None = None, retryable: bool = True,
-                 retry_after: float = 0.0) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.type = type
-        self.code = code
-        self.retryable = retryable
-        self.retry_after = retry_after
+# Re-exported: where the adapters have always found them.
+from ..failure import UpstreamFailure as UpstreamFailure
+from ..failure import unsupported as unsupported
 
 
 class ProviderResponse:
@@ -73,14 +58,6 @@ class NativeResponse:
         self.usage: Usage | None = None
         #: The id of what the upstream stored (Responses API), once ``body`` is done.
         self.ref = ""
-
-
-def unsupported(provider: str, what: str) -> UpstreamFailure:
-    """A clear 400 for an operation this provider does not have (never a
-    provider-health failure, and no point in retrying it elsewhere blindly)."""
-    return UpstreamFailure(f"{provider}: {what} is not supported by this provider",
-                           status=400, type="invalid_request_error", code="unsupported",
-                           retryable=False)
 
 
 class Provider(Protocol):

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from gandalf_workers.providers.base import UpstreamFailure, unsupported
+from gandalf_workers.failure import UpstreamFailure, unsupported
 
 _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder().decode
