@@ -450,3 +450,19 @@ def test_lookup_is_dict_backed() -> None:
     cfg, _ = parse_config(MIN_PROVIDER, env={})
     assert isinstance(cfg.provider("openai"), ProviderConfig)
     assert cfg._providers_by_name is cfg._providers_by_name  # built once, cached
+
+
+def test_zero_means_default_is_resolved_once_at_load(tmp_path: Path) -> None:
+    """The services read these values as they are: 0 in the YAML (the
+    original's "use the default") becomes the declared default here."""
+    cfg, _ = load(tmp_path, """
+server: {read_timeout: 0, write_timeout: 0, shutdown_timeout: 0, stream_keepalive: 0,
+         stream_idle_timeout: 0}
+cache: {default_ttl: 0, max_size: 0}
+""")
+    s = cfg.server
+    assert (s.read_timeout, s.write_timeout, s.shutdown_timeout, s.stream_keepalive,
+            s.stream_idle_timeout) == (30.0, 120.0, 30.0, 15.0, 300.0)
+    assert (cfg.cache.default_ttl, cfg.cache.max_size) == (300.0, 10000)
+    cfg, _ = load(tmp_path, "server: {shutdown_timeout: 5s}\n")
+    assert cfg.server.shutdown_timeout == 5.0

@@ -210,7 +210,7 @@ def test_state_dir_lock_freed_when_holder_dies(tmp_path: Path) -> None:
 
 
 ALL_MIGRATIONS = ["001_initial", "002_governance", "003_admin", "004_usage",
-                  "005_key_parent", "006_provider_endpoint"]
+                  "005_key_parent", "006_provider_endpoint", "007_usage_pending"]
 
 
 def test_migrations_are_packaged_in_order() -> None:

@@ -168,7 +168,7 @@ def _run_node(args: argparse.Namespace, cfg: GatewayConfig, *, ingress: bool, ro
                               live=live)
     run = install_uvloop()
     run(run_services(url, f"gandalf-{args.command}", services, http,
-                     shutdown_timeout=cfg.server.shutdown_timeout or 30.0))
+                     shutdown_timeout=cfg.server.shutdown_timeout))
 
 
 def _honour_stop_signals() -> None:
@@ -281,7 +281,7 @@ def _run_single(args: argparse.Namespace, cfg: GatewayConfig, service: object) -
     configure_logging(getattr(args, "log_level", None) or "info")
     install_uvloop()(run_services(nats_url(args, cfg), f"gandalf-{args.command}",
                                   [service],  # type: ignore[list-item]
-                                  shutdown_timeout=cfg.server.shutdown_timeout or 30.0))
+                                  shutdown_timeout=cfg.server.shutdown_timeout))
 
 
 if __name__ == "__main__":

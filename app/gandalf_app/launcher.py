@@ -235,7 +235,7 @@ def up(args: argparse.Namespace, cfg: GatewayConfig) -> None:  # noqa: C901
         if not ready:
             raise SystemExit("gandalf: stopped before the gateway was ready")
     finally:
-        _shutdown(children, cfg.server.shutdown_timeout or 30.0)
+        _shutdown(children, cfg.server.shutdown_timeout)
         servers.stop()
         clear_runtime(state)
         lock.release()

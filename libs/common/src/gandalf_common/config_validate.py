@@ -5,6 +5,7 @@ the key path and the line (see :mod:`gandalf_common.configload`)."""
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 import msgspec
 
@@ -29,6 +30,22 @@ from .config import (
 from .configload import ConfigError, ConvertContext
 from .endpoints import endpoint_problem
 
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+
+#: Fields where 0 in the YAML means "the default" (as in the original), resolved
+#: here, once, at load: the services read the value and never default it again.
+SERVER_ZERO_DEFAULTS = ("read_timeout", "write_timeout", "shutdown_timeout",
+                        "stream_keepalive", "stream_idle_timeout")
+CACHE_ZERO_DEFAULTS = ("default_ttl", "max_size")
+
+
+def zero_means_default(struct: T, names: tuple[str, ...]) -> T:
+    """``struct`` with each named field that is 0 set to its declared default."""
+    defaults = {f.name: f.default for f in msgspec.structs.fields(struct)}
+    changes = {n: defaults[n] for n in names if not getattr(struct, n)}
+    return msgspec.structs.replace(struct, **changes) if changes else struct
 
 class Validator:
     def __init__(self, ctx: ConvertContext) -> None:
@@ -97,7 +114,9 @@ class Validator:
             c,
             bootstrap=c.bootstrap.strip().lower(),
             auth=msgspec.structs.replace(c.auth, jwt=self.jwt(c.auth.jwt)),
-            server=msgspec.structs.replace(s, addr=s.addr or ":8080"),
+            server=msgspec.structs.replace(zero_means_default(s, SERVER_ZERO_DEFAULTS),
+                                          addr=s.addr or ":8080"),
+            cache=zero_means_default(c.cache, CACHE_ZERO_DEFAULTS),
             database=self.database(c.database),
             circuit_breaker=self.breaker(c.circuit_breaker),
             telemetry=msgspec.structs.replace(c.telemetry, tracing=tracing),

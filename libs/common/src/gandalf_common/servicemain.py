@@ -105,7 +105,7 @@ def run(service: str, build: Callable[[Context], Built], *,
     try:
         services, http = build(Context(cfg, args, prog))
         install_uvloop()(run_services(url, f"gandalf-{service}", services, http,
-                                      shutdown_timeout=cfg.server.shutdown_timeout or 30.0))
+                                      shutdown_timeout=cfg.server.shutdown_timeout))
     except NotReadyError as exc:
         raise SystemExit(f"{prog}: {exc}") from None
     except (StartupError, ConfigError, SecretError, ValueError) as exc:

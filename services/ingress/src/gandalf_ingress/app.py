@@ -97,8 +97,8 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
     gateway = Gateway(keys=Authenticator(live, admin_key_sha256, jwt=jwt_verifier(cfg)),
                       live=live, limits=RateLimits(cfg, build_limiter(cfg)), caching=caching,
                       max_body=cfg.server.max_body_bytes,
-                      write_timeout=cfg.server.write_timeout or 120.0,
-                      read_timeout=cfg.server.read_timeout or 30.0)
+                      write_timeout=cfg.server.write_timeout,
+                      read_timeout=cfg.server.read_timeout)
     if SemanticCache.wanted(cfg):
         gateway.semantic = SemanticCache(cfg)
     live.on_change(lambda kind, _i, settings: _jwt_changed(gateway, kind, settings))
@@ -152,8 +152,8 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
             inbox = ReplyInbox()
             await inbox.start(conn)
             on_disconnect(conn, inbox.fail_all)
-            gateway.relay = Relay(conn, inbox, keepalive=cfg.server.stream_keepalive or 15.0,
-                                  idle_timeout=cfg.server.stream_idle_timeout or 300.0)
+            gateway.relay = Relay(conn, inbox, keepalive=cfg.server.stream_keepalive,
+                                  idle_timeout=cfg.server.stream_idle_timeout)
             gateway.bodies = BodyStore(conn)
             gateway.responses = ResponseOwners(conn)
             readiness.nc = conn
@@ -164,7 +164,7 @@ def create_app(cfg: GatewayConfig, *, nc: NATS | None = None, admin_key_sha256: 
             finally:
                 readiness.draining = True
                 if publisher is not None:
-                    await publisher.stop(timeout=cfg.server.shutdown_timeout or 10.0)
+                    await publisher.stop(timeout=cfg.server.shutdown_timeout)
                 await gateway.budgets.stop()
                 await purges.unsubscribe()
                 await caching.aclose()

@@ -45,7 +45,7 @@ class Caching:
         self.scope = c.scope
         self.max_temperature = c.max_temperature
         self.serve_streams = c.stream
-        self.default_ttl = c.default_ttl or 300.0
+        self.default_ttl = c.default_ttl
         self.route_ttl = {r.model_alias: r.cache_ttl_s for r in cfg.routes}
 
     def key_for(self, scope: dict[str, Any], payload: dict[str, Any], *, model: str,
@@ -150,4 +150,4 @@ def build_cache(cfg: GatewayConfig) -> ResponseCache | None:
         return RedisCache(cfg.redis.url)
     from .cache import MemoryCache
 
-    return MemoryCache(cfg.cache.max_size or 10000)
+    return MemoryCache(cfg.cache.max_size)

@@ -183,7 +183,7 @@ class SemanticCache:
         self.scope = c.scope
         self.max_temperature = c.max_temperature
         self.serve_streams = c.stream
-        self.default_ttl = c.default_ttl or 300.0
+        self.default_ttl = c.default_ttl
         self.routes = {r.model_alias for r in cfg.routes if r.semantic_cache}
         self.route_ttl = {r.model_alias: r.cache_ttl_s for r in cfg.routes}
         self.store_ = MemoryVectors(c.semantic_max_entries)

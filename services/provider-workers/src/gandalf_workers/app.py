@@ -57,7 +57,7 @@ class WorkerService:
             except SecretError as exc:  # providers with secrets are skipped, logged
                 log.error("worker: %s; providers with secrets cannot be served", exc)
         self._pools = LivePools(self.live, wanted=wanted, box=box,
-                                drain_timeout=cfg.server.shutdown_timeout or 30.0)
+                                drain_timeout=cfg.server.shutdown_timeout)
         self._subs: list[Subscription] = []
 
     @property
