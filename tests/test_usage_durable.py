@@ -7,6 +7,7 @@ No usage service runs here: events stay in the stream to be looked at."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -153,3 +154,53 @@ async def test_durable_publishes_open_no_subscription_per_event(own_nats: Any) -
     finally:
         await publisher.stop(2.0)
         await nc.close()
+
+
+async def test_no_byte_of_an_answer_leaves_unless_its_started_event_is_stored(
+        own_nats: Any) -> None:
+    """NATS unreachable: the started event cannot be stored, so the answer is
+    replaced by a 503 ``usage_unavailable`` (nothing of it goes out), and the
+    pipeline records the request as that 503."""
+    from gandalf_common.contract import UsageStarted
+    from gandalf_ingress.holdend import HoldEnd
+
+    nc = await connect(own_nats.url, "started-gate")
+    await ensure_usage_stream(nc)
+    publisher = UsagePublisher(nc)
+    await publisher.start()
+    try:
+        started = UsageStarted(request_id="gate-1", ts=time.time(), endpoint="chat", model="m")
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        # Stored: the answer goes out as it is.
+        state: dict[str, Any] = {}
+        held = HoldEnd(send, state)
+        held.hold_start(asyncio.ensure_future(publisher.record_started(started)))
+        await held({"type": "http.response.start", "status": 200, "headers": []})
+        await held({"type": "http.response.body", "body": b'{"ok":1}'})
+        await held.release()
+        assert [m.get("status") for m in sent[:1]] == [200] and sent[1]["body"] == b'{"ok":1}'
+        assert "usage_unavailable" not in state
+        # NATS gone: not stored, so no byte of the answer leaves.
+        await asyncio.to_thread(own_nats.stop)
+        sent.clear()
+        held = HoldEnd(send, state)
+        later = msgspec.structs.replace(started, request_id="gate-2")
+        held.hold_start(asyncio.ensure_future(publisher.record_started(later, wait=1.0)))
+        await held({"type": "http.response.start", "status": 200, "headers": []})
+        await held({"type": "http.response.body", "body": b'{"answer":', "more_body": True})
+        await held({"type": "http.response.body", "body": b'"secret"}'})
+        await held.release()
+        assert sent[0]["status"] == 503
+        body = b"".join(m.get("body", b"") for m in sent[1:])
+        assert json.loads(body)["error"]["code"] == "usage_unavailable"
+        assert b"answer" not in body and b"secret" not in body
+        assert state["usage_unavailable"] is True
+        assert publisher.backlog == 1  # kept, stored once NATS is back
+    finally:
+        await publisher.stop(0.5)
+        with contextlib.suppress(OSError):  # the server is gone
+            await nc.close()

@@ -131,7 +131,7 @@ class EdgeMiddleware:
                                       *state.get("headers", ())]
             await send(message)
 
-        held = HoldEnd(send_wrapped)
+        held = HoldEnd(send_wrapped, state)
         state["release_response"] = held.release
         state["hold_start"] = held.hold_start
         t0 = time.perf_counter()

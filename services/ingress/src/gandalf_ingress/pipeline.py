@@ -143,6 +143,10 @@ class Admission:
         if ticket.recorded or ticket.identity is None:
             return
         ticket.recorded = True
+        if ticket.scope.get("state", {}).get("usage_unavailable"):
+            # The client got a 503 instead of this answer (holdend.py); the
+            # upstream call was still made, so its tokens are billed.
+            status, error = 503, "usage_unavailable"
         await self.gw.usage.finished(
             request_id=ticket.request_id, started=ticket.started, identity=ticket.identity,
             endpoint=ticket.door.endpoint, model=ticket.model, stream=ticket.stream,
