@@ -12,6 +12,7 @@ import pytest
 
 from gandalf_common.config import parse_config
 from gandalf_ingress.app import create_app
+from gandalf_ingress.pipeline import OBSERVERS, ORDER, Ticket
 from gateway_harness import TEST_KEY, free_port, gateway_yaml, pipeline
 
 #: Routes without the pipeline, on purpose: probes, metrics, and the admin
@@ -64,6 +65,8 @@ SAMPLES: dict[tuple[str, str], list[tuple[str, dict[str, str], str, Any]]] = {
         ("/api/generate", {}, "ollama", {"model": "llama", "stream": False, "prompt": "hi"}),
         ("/api/embed", {}, "ollama", {"model": "llama", "input": "hi"})],
 }
+#: Model listings cost a request and record no usage.
+LISTINGS = {"/v1/models", "/v1beta/models", "/api/tags"}
 CASES = [(route, sample) for route, samples in SAMPLES.items() for sample in samples]
 KEYS = [f"gnd_admission_route_key_{i:02d}" for i in range(len(CASES) + 2)]
 
@@ -189,3 +192,40 @@ async def test_native_tpm_refusal_when_the_bucket_is_short(
         results = await asyncio.gather(*(http.post(path, headers=headers, json=body)
                                          for _ in range(2)))
         assert sorted(r.status_code for r in results) == [200, 429]
+
+
+async def test_every_public_route_takes_the_steps_in_order(gateway: Any, upstream: Any,
+                                                           nats_url: str) -> None:
+    """Each request of every route walks the admission steps in the one order
+    (``pipeline.ORDER``), authenticates, is admitted by the limits, is
+    recorded exactly once (model listings: never), and finishes."""
+    yaml_text, url = edge_yaml(upstream.base_url,
+                               "rate_limits: {default_rpm: 1000, default_tpm: 0}")
+    seen: list[Ticket] = []
+    OBSERVERS.append(seen.append)
+    try:
+        async with pipeline(nats_url, yaml_text, backend=False), \
+                httpx.AsyncClient(base_url=url, timeout=15) as http:
+            wrong = []
+            for i, ((route, method), (path, query, family, body)) in enumerate(CASES):
+                target = path.replace("{rid}", await _stored(gateway)) \
+                    if "{rid}" in path else path
+                before = len(seen)
+                r = await http.request(method, target, params=query, json=body,
+                                       headers=key_headers(family, KEYS[i]))
+                for _ in range(200):  # the bookkeeping after the answer's end
+                    if len(seen) > before:
+                        break
+                    await asyncio.sleep(0.01)
+                steps = seen[-1].steps if len(seen) > before else []
+                ranks = [ORDER.index(s) for s in steps if s in ORDER]
+                ok = (r.status_code == 200 and steps[:1] == ["authenticate"]
+                      and "admit" in steps
+                      and steps.count("record") == (0 if route in LISTINGS else 1)
+                      and steps[-1] == "settled" and len(ranks) == len(steps)
+                      and ranks == sorted(ranks))
+                if not ok:
+                    wrong.append((method, route, r.status_code, steps))
+    finally:
+        OBSERVERS.remove(seen.append)
+    assert not wrong

@@ -205,6 +205,7 @@ class ProxyEndpoint:
                     payload, model=model, key_id=identity.key_id, org_id=identity.org_id)
                 req = msgspec.structs.replace(req, coalesce_key=key)
             if cached is not None:
+                ticket.steps.append("cache")
                 hit = await gw.caching.get(cached[0]) if cached[1] else None
                 mark(scope["state"], hit is not None)
                 if hit is not None:
@@ -311,6 +312,7 @@ async def admit_listing(gw: Gateway, scope: Scope, send: Send,
     try:
         identity = await adm.authenticate(ticket, scope)
         await adm.admit(ticket, scope, 0, reserve=False, bill=False)
+        adm.listed(ticket)
     except GatewayError as exc:
         ticket.identity = None  # a listing records no usage
         await adm.refuse(ticket, send, exc)

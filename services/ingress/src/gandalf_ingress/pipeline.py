@@ -17,6 +17,7 @@ rendered by the door, with ``Retry-After`` and the ``X-Ratelimit-*`` headers
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -71,6 +72,21 @@ class Ticket:
     held: list[tuple[str, str, float]] = field(default_factory=list)
     recorded: bool = False
     scope: Scope = field(default_factory=dict)
+    #: The steps taken, in order (see ``ORDER``): what the step-order test reads.
+    steps: list[str] = field(default_factory=list)
+
+
+#: The order every door takes the steps in; a request may skip some (no
+#: cache on this API, a refusal before the limits) but never reorder them.
+ORDER = ("authenticate", "budget", "cache", "admit", "record", "settled")
+#: Called with each finished ticket (tests watch the steps; nothing else does).
+OBSERVERS: list[Callable[[Ticket], None]] = []
+
+
+def _done(ticket: Ticket, last: str) -> None:
+    ticket.steps.append(last)
+    for observe in OBSERVERS:
+        observe(ticket)
 
 
 class Admission:
@@ -82,12 +98,14 @@ class Admission:
                       scope=scope)
 
     async def authenticate(self, ticket: Ticket, scope: Scope) -> Identity:
+        ticket.steps.append("authenticate")
         ticket.identity = await self.gw.keys.authenticate(ticket.door.credentials(scope))
         self.gw.usage.admit()  # 503 while too many usage events wait in memory
         return ticket.identity
 
     def check_budget(self, ticket: Ticket) -> None:
         assert ticket.identity is not None
+        ticket.steps.append("budget")
         self.gw.budgets.check(ticket.identity)
 
     async def admit(self, ticket: Ticket, scope: Scope, tokens: int, *,
@@ -98,6 +116,7 @@ class Admission:
         ``started`` usage event goes out now (started.py)."""
         identity = ticket.identity
         assert identity is not None
+        ticket.steps.append("admit")
         ticket.decision = await self.gw.limits.admit(scope["state"], identity, tokens)
         if reserve:
             try:
@@ -112,6 +131,10 @@ class Admission:
                             endpoint=ticket.door.endpoint, model=ticket.model,
                             stream=ticket.stream, tokens=tokens)
 
+    def listed(self, ticket: Ticket) -> None:
+        """A model listing ends here: it costs a request, records no usage."""
+        _done(ticket, "settled")
+
     async def release(self, ticket: Ticket) -> None:
         held, ticket.held = ticket.held, []
         await self.gw.budgets.release(held)
@@ -125,6 +148,7 @@ class Admission:
             ticket.decision = None
         await send_json_error(send, exc.status, ticket.door.error_body(exc), exc.retry_after)
         await self.record(ticket, status=exc.status, error=exc.code or exc.type or "")
+        _done(ticket, "refused")
 
     async def settle(self, ticket: Ticket, outcome: Outcome, *, status: int,
                      body_size: int = 0, cached: bool = False) -> None:
@@ -137,12 +161,14 @@ class Admission:
         if ticket.identity is not None and ticket.decision is not None:
             await self.gw.limits.settle(ticket.identity, ticket.decision, outcome.usage)
             ticket.decision = None
+        _done(ticket, "settled")
 
     async def record(self, ticket: Ticket, *, status: int, outcome: Outcome | None = None,
                      body_size: int = 0, error: str = "", cached: bool = False) -> None:
         if ticket.recorded or ticket.identity is None:
             return
         ticket.recorded = True
+        ticket.steps.append("record")
         if ticket.scope.get("state", {}).get("usage_unavailable"):
             # The client got a 503 instead of this answer (holdend.py); the
             # upstream call was still made, so its tokens are billed.
