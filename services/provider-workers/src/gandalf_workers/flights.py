@@ -11,6 +11,7 @@ calls in flight, it is not a cache.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
@@ -46,7 +47,7 @@ class Flights(Generic[T]):
         if flight is None or leader:
             flight = _Flight(asyncio.create_task(call()))
             self._flights[key] = flight
-            flight.task.add_done_callback(lambda _t, f=flight: self._forget(key, f))
+            flight.task.add_done_callback(functools.partial(self._forget_done, key, flight))
         flight.waiters += 1
         try:
             # shield: cancelling this waiter must not cancel the shared call.
@@ -55,6 +56,9 @@ class Flights(Generic[T]):
             flight.waiters -= 1
             if flight.waiters == 0 and not flight.task.done():
                 flight.task.cancel()  # nobody is left waiting for it
+
+    def _forget_done(self, key: str, flight: _Flight[T], _task: object) -> None:
+        self._forget(key, flight)
 
     def _forget(self, key: str, flight: _Flight[T]) -> None:
         if self._flights.get(key) is flight:

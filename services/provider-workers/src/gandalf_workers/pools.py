@@ -312,13 +312,14 @@ class LivePools:
         if self._nc is None:
             return
         with contextlib.suppress(Exception):  # reconnecting: the SUBs follow
-            await self._nc.flush(timeout=_BUS_TIMEOUT)
+            # nats-py annotates int seconds; it waits for the float it is given.
+            await self._nc.flush(timeout=_BUS_TIMEOUT)  # type: ignore[arg-type]
 
 
 async def _drain(sub: Subscription) -> None:
     """Unsubscribe, but handle the messages already delivered to ``sub``."""
     try:
-        await asyncio.wait_for(sub.drain(), _BUS_TIMEOUT)
+        await asyncio.wait_for(sub.drain(), _BUS_TIMEOUT)  # type: ignore[no-untyped-call]
     except Exception:  # noqa: BLE001 - closed connection or slow server: drop interest
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

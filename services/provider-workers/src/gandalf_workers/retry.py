@@ -76,7 +76,7 @@ class RetryPolicy:
         # Avoid float overflow for absurd attempt numbers: the cap wins anyway.
         if attempt >= 64:
             return self.cap
-        return min(self.cap, self.base * 2**attempt)
+        return float(min(self.cap, self.base * 2**attempt))
 
     def delay(self, attempt: int, *, retry_after: float = 0.0, remaining: float) -> float | None:
         """Seconds to wait before the next attempt, or None for "do not retry".

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -235,7 +235,7 @@ class AnthropicProvider:
                                status=status, type=_ERROR_TYPES.get(exc.type, "api_error"),
                                code=exc.type, retryable=retryable_status(status))
 
-    async def _events(self, response: httpx.Response) -> AsyncIterator[Any]:
+    async def _events(self, response: httpx.Response) -> AsyncGenerator[Any, None]:
         """Decoded Anthropic events, from SSE or from Bedrock's event stream."""
         if self._hosting == "bedrock":
             async for raw in self._bedrock_events(response.aiter_raw()):

@@ -94,10 +94,11 @@ class GoogleADC(_CachedToken):
             with open(self._file, encoding="utf-8") as fh:
                 info = json.load(fh)
             if info.get("type") == "service_account":
-                return service_account.Credentials.from_service_account_info(
+                # google-auth's functions carry no annotations.
+                return service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
                     info, scopes=[self.SCOPE])
-            creds, _project = google.auth.load_credentials_from_file(self._file,
-                                                                     scopes=[self.SCOPE])
+            creds, _project = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
+                self._file, scopes=[self.SCOPE])
             return creds
         creds, _project = google.auth.default(scopes=[self.SCOPE])
         return creds

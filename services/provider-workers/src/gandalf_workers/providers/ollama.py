@@ -51,8 +51,9 @@ def _error_message(body: bytes) -> str:
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, str):
         return error
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return error["message"]  # an OpenAI-shaped error (a gateway in front)
+    message = error.get("message") if isinstance(error, dict) else None
+    if isinstance(message, str):
+        return message  # an OpenAI-shaped error (a gateway in front)
     return ""
 
 

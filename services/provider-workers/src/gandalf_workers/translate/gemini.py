@@ -246,7 +246,8 @@ def _assistant_parts(msg: dict[str, Any], i: int,
         calls = [{"id": "", "function": legacy}]
     for j, call in enumerate(calls or []):
         fn = call.get("function") if isinstance(call, dict) else None
-        name = fn.get("name") if isinstance(fn, dict) else None
+        fn = fn if isinstance(fn, dict) else {}
+        name = fn.get("name")
         if not isinstance(name, str) or not name:
             raise TranslationError(f"messages[{i}].tool_calls[{j}].function.name is required")
         call_id = call.get("id")
@@ -351,7 +352,7 @@ def _generation_config(payload: dict[str, Any]) -> dict[str, Any]:
     if kind in ("json_object", "json_schema"):
         config["responseMimeType"] = "application/json"
     if kind == "json_schema":
-        spec = fmt.get("json_schema")  # type: ignore[union-attr]
+        spec = fmt.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if isinstance(schema, dict):
             config["responseSchema"] = clean_schema(schema)

@@ -51,7 +51,7 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any],
         siblings = {k: v for k, v in node.items() if k != "$ref"}
         name = ref.rsplit("/", 1)[-1] if ref.startswith("#/") else None
         target = defs.get(name) if name is not None else None
-        if not isinstance(target, dict):
+        if name is None or not isinstance(target, dict):
             return siblings, active
         if name in active:
             raise recursive(ref)

@@ -351,7 +351,7 @@ def openai_to_message(body: bytes | JSON, requested_model: str) -> bytes:
     text = _message_text(message.get("content"))
     refusal = message.get("refusal")
     refused = isinstance(refusal, str) and bool(refusal)
-    if refused and not text:
+    if isinstance(refusal, str) and refusal and not text:
         text = refusal
     if text:
         content.append({"type": "text", "text": text})

@@ -118,7 +118,7 @@ class MessagesStreamEncoder:
         if self._id is None:
             self._id = message_id(data.get("id"))
         usage = openai_usage(data.get("usage"))
-        message = {"id": self._id, "type": "message", "role": "assistant",
+        message: dict[str, Any] = {"id": self._id, "type": "message", "role": "assistant",
                    "model": self._model, "content": [], "stop_reason": None,
                    "stop_sequence": None, "usage": usage_fields(usage)}
         return (_event("message_start", {"type": "message_start", "message": message})

@@ -261,7 +261,8 @@ def _tool_call_out(index: int, call: Any) -> dict[str, Any]:
     """One Ollama tool call -> OpenAI's, arguments as a JSON string."""
     function = call.get("function") if isinstance(call, dict) else None
     function = function if isinstance(function, dict) else {}
-    name = function.get("name") if isinstance(function.get("name"), str) else ""
+    raw_name = function.get("name")
+    name = raw_name if isinstance(raw_name, str) else ""
     arguments = function.get("arguments")
     text = arguments if isinstance(arguments, str) else _json_encode(
         arguments if arguments is not None else {}).decode()
