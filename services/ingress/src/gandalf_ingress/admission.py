@@ -10,7 +10,7 @@ Headers as the original: ``X-Ratelimit-Limit-Requests``,
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from gandalf_common.config import GatewayConfig
 from gandalf_common.contract import Usage
@@ -89,7 +89,8 @@ def build_limiter(cfg: GatewayConfig) -> RateLimiter:
     from .ratelimit.fallback import FallbackLimiter
     from .ratelimit.redis_backend import RedisLimiter
 
-    policy = "closed" if rl.on_redis_failure == "closed" else "local"
+    policy: Literal["local", "closed"] = \
+        "closed" if rl.on_redis_failure == "closed" else "local"
     return FallbackLimiter(RedisLimiter(cfg.redis.url), MemoryLimiter(), policy)
 
 

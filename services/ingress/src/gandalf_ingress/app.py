@@ -6,6 +6,8 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Generator
+from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
@@ -250,10 +252,9 @@ class _QuietServer(uvicorn.Server):
     def install_signal_handlers(self) -> None:
         return None
 
-    def capture_signals(self):  # type: ignore[no-untyped-def,override]
-        from contextlib import nullcontext
-
-        return nullcontext()
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
 
 
 class IngressService:

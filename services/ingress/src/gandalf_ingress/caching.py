@@ -136,7 +136,7 @@ def usage_of(body: bytes) -> Usage | None:
 def _cache_control(scope: dict[str, Any]) -> str:
     for name, value in scope["headers"]:
         if name == b"cache-control":
-            return value.decode("latin-1").lower()
+            return str(value.decode("latin-1")).lower()
     return ""
 
 

@@ -14,8 +14,19 @@ from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
 from gandalf_common import contract
-from gandalf_common.contract import ErrorReply, ReplyMsg, reply_decoder
+from gandalf_common.contract import (
+    Alive,
+    Chunk,
+    Complete,
+    End,
+    ErrorReply,
+    Head,
+    reply_decoder,
+)
 from gandalf_common.liveness import ALIVE, LIVENESS_S
+
+#: What a slot hands out: a reply that carries data (heartbeats only refresh it).
+Data = Head | Chunk | End | Complete | ErrorReply
 
 #: Messages buffered for one request before we give up on a slow client.
 MAX_PENDING = 4096
@@ -41,7 +52,7 @@ class ReplySlot:
     def __init__(self, token: str, subject: str, liveness: float = LIVENESS_S) -> None:
         self.token = token
         self.subject = subject
-        self._items: deque[ReplyMsg] = deque()
+        self._items: deque[Data] = deque()
         self._waiter: asyncio.Future[None] | None = None
         #: When the request's handler last said anything (monotonic).
         self.heard = time.monotonic()
@@ -50,7 +61,7 @@ class ReplySlot:
     def alive(self) -> None:
         self.heard = time.monotonic()
 
-    def push(self, item: ReplyMsg) -> None:
+    def push(self, item: Data) -> None:
         self.heard = time.monotonic()
         if len(self._items) >= MAX_PENDING:
             self._items.clear()
@@ -60,7 +71,7 @@ class ReplySlot:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def get(self, timeout: float) -> ReplyMsg | None:
+    async def get(self, timeout: float) -> Data | None:
         """Next message, or ``None`` after ``timeout`` seconds of silence, or
         :data:`HANDLER_LOST` once the handler has been silent for ``liveness``
         (heartbeats included)."""
@@ -132,6 +143,11 @@ class ReplyInbox:
             slot.alive()
             return
         try:
-            slot.push(reply_decoder.decode(msg.data))
+            reply = reply_decoder.decode(msg.data)
         except Exception:  # noqa: BLE001 - a corrupt message must not kill the inbox
             slot.push(ErrorReply(status=502, code="bad_reply", message="malformed reply"))
+            return
+        if isinstance(reply, Alive):  # a heartbeat encoded another way
+            slot.alive()
+        else:
+            slot.push(reply)

@@ -55,7 +55,7 @@ def credentials(scope: Scope, kind: str) -> str | None:
     if len(values) > 1:
         raise BadRequestError("more than one Authorization header", code="duplicate_header")
     if values:
-        return values[0].decode("latin-1")
+        return str(values[0].decode("latin-1"))
     name = _KEY_HEADERS.get(kind)
     value = header(scope, name) if name else None
     if value is None and kind == contract.KIND_GEMINI:

@@ -62,7 +62,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     # --- connection -------------------------------------------------------
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         cap = self.limits.max_connections
         # Over the cap: answer 503 once the request head is in (so the client

@@ -35,9 +35,9 @@ from prometheus_client import Counter
 from gandalf_common import contract
 from gandalf_common.config import GatewayConfig
 from gandalf_common.contract import RouteRequest
+from gandalf_common.metrics_hub import REGISTRY
 
 from .cache import cacheable, effective_ttl
-from .metrics import REGISTRY
 from .relay import Relay
 
 log = logging.getLogger("gandalf.semantic")
@@ -70,7 +70,7 @@ class Probe:
 
 @dataclass(slots=True)
 class _Entry:
-    vector: array
+    vector: array[float]
     body: bytes
     expires: float
     id: int = 0
@@ -274,5 +274,5 @@ def mark_semantic_hit(state: dict[str, Any]) -> None:
 def _cache_control(scope: dict[str, Any]) -> str:
     for name, value in scope["headers"]:
         if name == b"cache-control":
-            return value.decode("latin-1").lower()
+            return str(value.decode("latin-1")).lower()
     return ""

@@ -24,10 +24,9 @@ from prometheus_client import Counter, Gauge
 from gandalf_common import contract
 from gandalf_common.contract import UsageEvent, UsageStarted, usage_json_encode
 from gandalf_common.errors import GatewayError
+from gandalf_common.metrics_hub import REGISTRY
 from gandalf_common.pricing import PriceBook
 from gandalf_common.usage_stream import ensure_usage_stream
-
-from .metrics import REGISTRY
 
 if TYPE_CHECKING:
     from .auth import Identity

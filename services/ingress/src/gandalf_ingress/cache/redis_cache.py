@@ -119,13 +119,13 @@ class RedisCache:
         else:
             stored = _RAW + value
         keys = [self._vprefix + key, self._prefix + "m:" + model, self._prefix + "k:" + key_id]
-        args = [stored, ttl_ms, key, self._vprefix]
+        args: list[bytes | str | int] = [stored, ttl_ms, key, self._vprefix]
         await self._call(self._set_script(keys=keys, args=args), self._timeout)
 
     async def purge(self, *, model: str = "", key_id: str = "") -> int:
-        if not model and not key_id:
-            return await self._call(self._purge_all(), self._purge_timeout)
-        return await self._call(self._purge_by(model, key_id), self._purge_timeout)
+        work = self._purge_all() if not model and not key_id else self._purge_by(model, key_id)
+        removed: int = await self._call(work, self._purge_timeout)
+        return removed
 
     async def aclose(self) -> None:
         try:
@@ -172,7 +172,7 @@ class RedisCache:
         mset = self._prefix + "m:" + model
         kset = self._prefix + "k:" + key_id
         if model and key_id:
-            members = await self._client.sinter(mset, kset)
+            members = await self._client.sinter([mset, kset])
         else:
             members = await self._client.smembers(mset if model else kset)
         members = list(members)

@@ -30,7 +30,8 @@ from typing import Literal, TypeVar
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from ..metrics import REGISTRY
+from gandalf_common.metrics_hub import REGISTRY
+
 from .ports import Decision, RateLimiter
 
 log = logging.getLogger("gandalf.ratelimit")
