@@ -38,7 +38,7 @@ run: dev ## run the whole gateway on this machine (embedded NATS and PostgreSQL)
 test: lint ## lint, then the test suite (~5 min; starts its own NATS/PostgreSQL/Valkey when none is running)
 	$(BIN)/pytest -q
 
-lint: dev ## ruff (with complexity), import contracts (.importlinter), mypy --strict where it is on
+lint: dev ## ruff (with complexity), import contracts (.importlinter), mypy --strict on every package
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy

@@ -59,11 +59,11 @@ _CONSTRAINT_PARAMS = {
 def from_db_error(exc: BaseException) -> ApiError:
     """A database error as the client sees it: 409, 400 or a bare 500."""
     if isinstance(exc, asyncpg.UniqueViolationError):
-        param = _CONSTRAINT_PARAMS.get(exc.constraint_name or "", "id")
+        param = _CONSTRAINT_PARAMS.get(exc.constraint_name or "") or "id"
         return conflict(f"a resource with this {param} already exists", param)
     if isinstance(exc, asyncpg.ForeignKeyViolationError):
-        param = _CONSTRAINT_PARAMS.get(exc.constraint_name or "")
-        return bad_request(f"{param or 'a referenced resource'} does not exist", param)
+        ref = _CONSTRAINT_PARAMS.get(exc.constraint_name or "")
+        return bad_request(f"{ref or 'a referenced resource'} does not exist", ref)
     if isinstance(exc, asyncpg.DataError):
         # e.g. a NUL character, which PostgreSQL text cannot hold.
         return bad_request("a value in the request cannot be stored (invalid characters?)")

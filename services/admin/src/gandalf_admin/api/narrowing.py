@@ -86,7 +86,7 @@ def check_narrower_than(parent: KeyRow, child: KeyRow, remaining: float | None) 
 def inherited(parent: KeyRow, remaining: float | None, given: dict[str, Any]
               ) -> dict[str, Any]:
     """Create defaults: the parent's limits for every field ``given`` leaves out."""
-    out = {"team_id": parent.team_id, "allowed_models": parent.allowed_models,
+    out: dict[str, Any] = {"team_id": parent.team_id, "allowed_models": parent.allowed_models,
            "rpm_limit": parent.rpm_limit, "tpm_limit": parent.tpm_limit,
            "expires_at": parent.expires_at}
     if remaining is not None:

@@ -50,8 +50,9 @@ async def create_org(req: Request, access: Access, deps: Deps) -> AdminResponse:
     changes = changes_of(body, skip=frozenset({"id", "name"}))
     row = OrgRow(id=body.id if body.id is not UNSET else uuid7(), name=body.name, **changes)
     async with deps.repl.write() as w:
-        row = await w.repos.orgs.insert(row)  # a taken id is a 409 (unique violation)
-        assert row is not None
+        inserted = await w.repos.orgs.insert(row)  # a taken id is a 409 (unique violation)
+        assert inserted is not None
+        row = inserted
         w.put_org(row)
     return json_response(201, row, location=f"{BASE}/{row.id}")
 

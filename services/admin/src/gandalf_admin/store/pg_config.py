@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import builtins  # the repositories' list() methods shadow the builtin in annotations
+from typing import Any
+
 import asyncpg
 import msgspec
 
@@ -24,7 +27,7 @@ def _marks(n: int) -> str:
     return ", ".join(f"${i}" for i in range(1, n + 1))
 
 
-def _stamped(row: ProviderRow | RouteRow, rec: asyncpg.Record) -> dict[str, object]:
+def _stamped(row: ProviderRow | RouteRow, rec: asyncpg.Record) -> dict[str, Any]:
     data = {f: getattr(row, f) for f in row.__struct_fields__}
     data.update(created_at=rec["created_at"], updated_at=rec["updated_at"])
     return data
@@ -38,13 +41,13 @@ class PgProviderRepo:
         rec = await self._c.fetchrow(_P_SELECT + " WHERE id = $1", provider_id)
         return to_row(rec, ProviderRow) if rec else None
 
-    async def list(self, page: Page) -> tuple[list[ProviderRow], int]:
+    async def list(self, page: Page) -> tuple[builtins.list[ProviderRow], int]:
         recs = await self._c.fetch(_P_SELECT + " ORDER BY priority, id LIMIT $1 OFFSET $2",
                                    page.limit, page.offset)
         return to_rows(recs, ProviderRow), await self._c.fetchval(
             "SELECT count(*) FROM providers")
 
-    async def all(self) -> list[ProviderRow]:
+    async def all(self) -> builtins.list[ProviderRow]:
         return to_rows(await self._c.fetch(_P_SELECT), ProviderRow)
 
     async def insert(self, row: ProviderRow, *, if_missing: bool = False
@@ -67,7 +70,7 @@ class PgProviderRepo:
             "DELETE FROM providers WHERE id = $1 RETURNING true", provider_id) is not None
 
 
-def _route_values(row: RouteRow) -> list[object]:
+def _route_values(row: RouteRow) -> builtins.list[object]:
     targets = msgspec.to_builtins(row.targets)
     return [row.id, row.model_alias, targets, row.strategy, row.cache_ttl_s]
 
@@ -84,15 +87,15 @@ class PgRouteRepo:
         rec = await self._c.fetchrow(_R_SELECT + " WHERE model_alias = $1", alias)
         return to_row(rec, RouteRow) if rec else None
 
-    async def list(self, page: Page) -> tuple[list[RouteRow], int]:
+    async def list(self, page: Page) -> tuple[builtins.list[RouteRow], int]:
         recs = await self._c.fetch(_R_SELECT + " ORDER BY model_alias LIMIT $1 OFFSET $2",
                                    page.limit, page.offset)
         return to_rows(recs, RouteRow), await self._c.fetchval("SELECT count(*) FROM routes")
 
-    async def all(self) -> list[RouteRow]:
+    async def all(self) -> builtins.list[RouteRow]:
         return to_rows(await self._c.fetch(_R_SELECT), RouteRow)
 
-    async def using_provider(self, provider_id: str) -> list[RouteRow]:
+    async def using_provider(self, provider_id: str) -> builtins.list[RouteRow]:
         recs = await self._c.fetch(
             _R_SELECT + " WHERE targets @> $1::jsonb ORDER BY model_alias",
             [{"provider_id": provider_id}])

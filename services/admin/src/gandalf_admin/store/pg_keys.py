@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins  # the repositories' list() methods shadow the builtin in annotations
 from datetime import datetime
 
 import asyncpg
@@ -36,7 +37,7 @@ class PgKeyRepo:
         rec = await self._c.fetchrow(_SELECT + " WHERE key_hash = $1", key_hash)
         return to_row(rec, KeyRow) if rec else None
 
-    async def list(self, where: KeyFilter, page: Page) -> tuple[list[KeyRow], int]:
+    async def list(self, where: KeyFilter, page: Page) -> tuple[builtins.list[KeyRow], int]:
         args = (where.org_id, where.team_id, where.owner_user_id, where.owner_principal,
                 where.owner_key_id)
         recs = await self._c.fetch(
@@ -45,13 +46,13 @@ class PgKeyRepo:
         total = await self._c.fetchval("SELECT count(*) FROM api_keys" + _WHERE, *args)
         return to_rows(recs, KeyRow), total
 
-    async def all(self) -> list[KeyRow]:
+    async def all(self) -> builtins.list[KeyRow]:
         return to_rows(await self._c.fetch(_SELECT), KeyRow)
 
-    async def in_org(self, org_id: str) -> list[KeyRow]:
+    async def in_org(self, org_id: str) -> builtins.list[KeyRow]:
         return to_rows(await self._c.fetch(_SELECT + " WHERE org_id = $1", org_id), KeyRow)
 
-    async def in_team(self, team_id: str) -> list[KeyRow]:
+    async def in_team(self, team_id: str) -> builtins.list[KeyRow]:
         return to_rows(await self._c.fetch(_SELECT + " WHERE team_id = $1", team_id), KeyRow)
 
     async def insert(self, row: KeyRow, *, if_missing: bool = False) -> KeyRow | None:
@@ -74,7 +75,7 @@ class PgKeyRepo:
             *values(row, cols))
         return _with(row, rec) if rec else None
 
-    async def descendants(self, key_id: str) -> list[KeyRow]:
+    async def descendants(self, key_id: str) -> builtins.list[KeyRow]:
         """Every key minted from ``key_id``, transitively (not the key itself)."""
         recs = await self._c.fetch(
             "WITH RECURSIVE d(id) AS (SELECT id FROM api_keys WHERE parent_key_id = $1"
@@ -83,10 +84,11 @@ class PgKeyRepo:
         return to_rows(recs, KeyRow)
 
     async def count_created_by(self, principal: str) -> int:
-        return await self._c.fetchval(
+        count: int = await self._c.fetchval(
             "SELECT count(*) FROM api_keys WHERE created_by = $1", principal)
+        return count
 
-    async def block(self, key_ids: list[str]) -> list[KeyRow]:
+    async def block(self, key_ids: builtins.list[str]) -> builtins.list[KeyRow]:
         recs = await self._c.fetch(
             "UPDATE api_keys SET blocked = true WHERE id = ANY($1::text[]) AND NOT blocked "
             f"RETURNING {', '.join(_COLS)}, last_used_at, created_at", key_ids)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins  # the repositories' list() methods shadow the builtin in annotations
+
 import asyncpg
 
 from .pg_common import to_row, to_rows, values
@@ -27,7 +29,7 @@ class PgOrgRepo:
         rec = await self._c.fetchrow(_ORG_SELECT + " WHERE id = $1", org_id)
         return to_row(rec, OrgRow) if rec else None
 
-    async def list(self, org_id: str | None, page: Page) -> tuple[list[OrgRow], int]:
+    async def list(self, org_id: str | None, page: Page) -> tuple[builtins.list[OrgRow], int]:
         recs = await self._c.fetch(
             _ORG_SELECT + " WHERE ($1::text IS NULL OR id = $1) ORDER BY created_at, id"
             " LIMIT $2 OFFSET $3", org_id, page.limit, page.offset)
@@ -35,7 +37,7 @@ class PgOrgRepo:
             "SELECT count(*) FROM organizations WHERE ($1::text IS NULL OR id = $1)", org_id)
         return to_rows(recs, OrgRow), total
 
-    async def all(self) -> list[OrgRow]:
+    async def all(self) -> builtins.list[OrgRow]:
         return to_rows(await self._c.fetch(_ORG_SELECT), OrgRow)
 
     async def insert(self, row: OrgRow, *, if_missing: bool = False) -> OrgRow | None:
@@ -68,7 +70,7 @@ class PgTeamRepo:
         rec = await self._c.fetchrow(_TEAM_SELECT + " WHERE id = $1", team_id)
         return to_row(rec, TeamRow) if rec else None
 
-    async def list(self, org_id: str | None, page: Page) -> tuple[list[TeamRow], int]:
+    async def list(self, org_id: str | None, page: Page) -> tuple[builtins.list[TeamRow], int]:
         recs = await self._c.fetch(
             _TEAM_SELECT + " WHERE ($1::text IS NULL OR org_id = $1) ORDER BY created_at, id"
             " LIMIT $2 OFFSET $3", org_id, page.limit, page.offset)
@@ -76,10 +78,10 @@ class PgTeamRepo:
             "SELECT count(*) FROM teams WHERE ($1::text IS NULL OR org_id = $1)", org_id)
         return to_rows(recs, TeamRow), total
 
-    async def all(self) -> list[TeamRow]:
+    async def all(self) -> builtins.list[TeamRow]:
         return to_rows(await self._c.fetch(_TEAM_SELECT), TeamRow)
 
-    async def in_org(self, org_id: str) -> list[TeamRow]:
+    async def in_org(self, org_id: str) -> builtins.list[TeamRow]:
         return to_rows(await self._c.fetch(_TEAM_SELECT + " WHERE org_id = $1", org_id),
                        TeamRow)
 
