@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/gandalf.yaml
 
-.PHONY: dev run test lint lock lock-check asyncapi bench clean reset-state
+.PHONY: dev run test test-unit lint lock lock-check asyncapi bench clean reset-state
 
 # Installs exactly the versions of uv.lock, with pip alone: requirements.lock is
 # uv.lock exported (`make lock` writes both; `make lock-check` fails when stale).
@@ -37,6 +37,9 @@ run: dev ## run the whole gateway on this machine (embedded NATS and PostgreSQL)
 
 test: lint ## lint, then the test suite (~5 min; starts its own NATS/PostgreSQL/Valkey when none is running)
 	$(BIN)/pytest -q
+
+test-unit: dev ## the pure tests only (no server; seconds)
+	$(BIN)/pytest -q -m unit
 
 lint: dev ## ruff (with complexity), import contracts (.importlinter), mypy --strict on every package
 	$(BIN)/ruff check .

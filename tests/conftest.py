@@ -21,7 +21,9 @@ Add new fixtures below, grouped by section, with a one-line docstring each.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -283,3 +285,49 @@ async def gateway(nats_url: str, mock_upstream: Any) -> AsyncIterator[Any]:
     gw = await start_gateway(nats_url, mock_upstream.base_url)
     yield gw
     await gw.close()
+
+
+# --------------------------------------------------------------------------- tiers
+#: Fixtures that stand for a real server: a test using any of them (directly
+#: or through another fixture) is an integration test.
+SERVER_FIXTURES = frozenset({"nats_url", "own_nats", "managed_nats_url", "pg_admin_dsn",
+                             "pg_dsn", "fresh_pg_dsn", "redis_url", "mock_upstream",
+                             "upstream", "gateway"})
+#: A module that runs the gateway (or a service) as a subprocess is end to end.
+_E2E_SOURCE = re.compile(r"gandalf_app\.cli|up_harness|\"-m\", f\"gandalf_|GANDALF\b")
+
+
+#: A module that starts servers itself is integration throughout.
+_SERVER_SOURCE = re.compile(r"Embedded(Nats|Postgres|Redis)\(")
+
+
+@functools.cache
+def _runs_the_gateway(path: Path) -> bool:
+    return "chaos" in path.parts or bool(_E2E_SOURCE.search(path.read_text()))
+
+
+@functools.cache
+def _starts_servers(path: Path) -> bool:
+    return bool(_SERVER_SOURCE.search(path.read_text()))
+
+
+def _uses_a_server(item: pytest.Item) -> bool:
+    if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) or _starts_servers(item.path):
+        return True
+    # A backend picked by parameter and fetched with request.getfixturevalue.
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and "redis" in callspec.params.values()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test gets one tier marker: ``unit`` (pure, no server: ``make
+    test-unit`` runs these in seconds), ``integration`` (real NATS, PostgreSQL,
+    Redis or the mock upstream, in process) or ``e2e`` (the gateway as
+    subprocesses)."""
+    for item in items:
+        if _runs_the_gateway(item.path):
+            item.add_marker(pytest.mark.e2e)
+        elif _uses_a_server(item):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
