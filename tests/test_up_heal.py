@@ -137,6 +137,8 @@ def test_a_killed_embedded_server_is_restarted(up: Up, needle: str, name: str,
 
     took = _recovers(lambda: restarted() and _chat_ok(up) and _admin_ok(up), within=30)
     print(f"{name}: restarted and answering {took:.1f}s after kill -9")
-    # Counted where the gateway's metrics are (every process shows it).
+    # Counted where the gateway's metrics are (every process shows it), once
+    # the restart has completed (a new server may answer a moment before).
+    _recovers(lambda: _restarts(up, label) == 1, within=10)
     for _ in range(4):
         assert _restarts(up, label) == 1
