@@ -14,8 +14,8 @@ so a target that fails before answering can still be failed over.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -33,7 +33,7 @@ from gandalf_common.contract import (
     encode,
 )
 
-from .providers.base import UpstreamFailure
+from .providers.base import StreamItem, UpstreamFailure
 from .providers.openai import RETRYABLE_STATUS
 
 if TYPE_CHECKING:
@@ -195,8 +195,24 @@ async def _translated(pool: ProviderPool, req: ExecRequest, out: _Out,
     payload["stream"] = True
     payload["stream_options"] = {"include_usage": True}
     encoder = MessagesStreamEncoder(req.route.model)
+    items = pool.provider.stream(payload, ttfb_timeout=timeout)
+    return await relay_translated(items, encoder, out, lambda: _invalid(pool.provider.name))
+
+
+class StreamEncoder(Protocol):
+    """Turns the OpenAI chat stream into another API's event stream."""
+
+    def feed(self, data: bytes) -> bytes: ...
+    def finish(self, usage: Usage | None) -> bytes: ...
+
+
+async def relay_translated(items: AsyncIterable[StreamItem], encoder: StreamEncoder, out: _Out,
+                           invalid: Callable[[], UpstreamFailure]) -> UpstreamFailure | None:
+    """Stream a chat answer to the client re-encoded by ``encoder`` (the
+    Messages and the Responses translations): the head goes out with the first
+    item, a failure before it is the router's to fail over, after it an error
+    event; returns the failure that ended the stream, if any."""
     usage: Usage | None = None
-    items = pool.provider.stream(payload, ttfb_timeout=timeout).__aiter__()
     started = False
     try:
         async for item in items:
@@ -204,8 +220,8 @@ async def _translated(pool: ProviderPool, req: ExecRequest, out: _Out,
                 usage = item.usage
             try:
                 data = encoder.feed(item.data) if item.data is not None else b""
-            except ValueError as exc:
-                raise _invalid(pool.provider.name) from exc
+            except (ValueError, msgspec.DecodeError) as exc:  # the upstream's, not the client's
+                raise invalid() from exc
             if not started:
                 await out.head(200, _SSE)
                 started = True

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from gandalf_common.contract import ExecRequest, Usage
+from gandalf_common.contract import ExecRequest
 
+from .native_exec import relay_translated
 from .providers.base import UpstreamFailure
 
 if TYPE_CHECKING:
@@ -71,28 +72,5 @@ async def run_translated(pool: ProviderPool, req: ExecRequest, out: _Out,
     payload["stream"] = True
     payload["stream_options"] = {"include_usage": True}
     encoder = ResponsesStreamEncoder(request, req.route.model)
-    usage: Usage | None = None
-    started = False
-    try:
-        async for item in pool.provider.stream(payload, ttfb_timeout=timeout):
-            if item.usage is not None:
-                usage = item.usage
-            try:
-                data = encoder.feed(item.data) if item.data is not None else b""
-            except (ValueError, msgspec.DecodeError) as exc:
-                raise _invalid(pool.provider.name) from exc
-            if not started:
-                await out.head(200, _SSE)
-                started = True
-            if data:
-                await out.data(data)
-    except UpstreamFailure as exc:
-        if not started:
-            raise
-        await out.error(exc)
-        return exc
-    if not started:
-        await out.head(200, _SSE)
-    await out.data(encoder.finish(usage))
-    await out.end(usage)
-    return None
+    items = pool.provider.stream(payload, ttfb_timeout=timeout)
+    return await relay_translated(items, encoder, out, lambda: _invalid(pool.provider.name))
